@@ -1,0 +1,225 @@
+"""The one fit/evaluate loop: epochs, metrics, scheduler steps and checkpoints.
+
+It reports through callbacks and knows nothing of MLflow or Hydra, so it can be benchmarked bare.
+Inside a training step nothing waits for the device: loss and accuracy accumulate there and are
+read once per epoch (and at each progress-bar refresh when a terminal shows one).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from sweeplab import checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (usually: the learning rate is too high)."""
+
+
+class Callback:
+    """Hooks the engine calls; ``metrics`` is the epoch's dict (see ``Trainer.fit``)."""
+
+    def on_fit_start(self, trainer: "Trainer") -> None: ...
+
+    def on_epoch_end(self, trainer: "Trainer", metrics: dict) -> None: ...
+
+    def on_fit_end(self, trainer: "Trainer") -> None: ...
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:  # slower on GPU: deterministic kernels, no cuDNN autotuning
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, test_loader, *,
+                 device: torch.device, scheduler=None, scheduler_interval: str = "epoch",
+                 monitor: str | None = "test_loss", val_loader=None, precision: str = "fp32",
+                 label_smoothing: float = 0.0, tta_flip: bool = False, target_acc: float = 0.88,
+                 checkpoint_dir: str | Path | None = None, checkpoint_every: int = 1,
+                 callbacks=(), progress: bool | None = None, compile: bool = False):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.train_loader, self.test_loader, self.val_loader = train_loader, test_loader, val_loader
+        self.device, self.scheduler_interval, self.monitor = device, scheduler_interval, monitor
+        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                         else nullcontext())
+        self.label_smoothing, self.tta_flip, self.target_acc = label_smoothing, tta_flip, target_acc
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.checkpoint_every, self.callbacks = checkpoint_every, list(callbacks)
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.compile_seconds = 0.0
+        self.forward = torch.compile(model) if compile else model
+        self.epoch = 0  # last completed epoch
+        self.history: list[dict] = []
+        self.best: dict = {"test_acc": -1.0, "epoch": None}
+        self.epochs_to_target: int | None = None
+
+    # -- one epoch -------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict:
+        self.model.train()
+        loader = self.train_loader
+        loader.set_epoch(epoch)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        bar = tqdm(total=len(loader), desc=f"Epoch {epoch}", leave=False, disable=not self.progress,
+                   dynamic_ncols=True)
+        start = time.perf_counter()
+        for step, (x, y) in enumerate(loader):
+            with self.autocast:
+                out = self.forward(x)
+                loss = F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.scheduler is not None and self.scheduler_interval == "step":
+                self.scheduler.step()
+            loss_sum += loss.detach().float() * len(y)
+            correct += (out.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if bar.disable:
+                continue
+            bar.update()
+            if step % 20 == 0 or step == len(loader) - 1:  # the only host syncs, and only on a terminal
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}%")
+        bar.close()
+        train_loss, train_correct = loss_sum.item(), correct.item()  # waits for the device once
+        seconds = time.perf_counter() - start
+        if not math.isfinite(train_loss):
+            raise NonFiniteLossError(f"training loss became {train_loss / seen} in epoch {epoch} "
+                                     f"(lr={self.lr:g}); lower optimizer.lr")
+        return {"train_loss": train_loss / seen, "train_acc": train_correct / seen,
+                "epoch_time": seconds, "images_per_sec": seen / seconds}
+
+    @torch.inference_mode()
+    def evaluate(self, loader) -> dict:
+        """Mean loss, accuracy and per-image predictions over ``loader`` (in its order)."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        preds = []
+        for x, y in loader:
+            with self.autocast:
+                logits = self.forward(x)
+                if self.tta_flip:
+                    logits = logits + self.forward(x.flip(3))
+                    logits = logits / 2
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            preds.append(logits.argmax(1))
+        preds = torch.cat(preds)
+        correct = int((preds == loader.labels[:len(preds)]).sum())
+        n = len(preds)
+        return {"loss": loss_sum.item() / n, "acc": correct / n, "correct": correct, "total": n,
+                "preds": preds}
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    # -- the loop --------------------------------------------------------------------------------
+    def fit(self, epochs: int) -> list[dict]:
+        """Train from ``self.epoch + 1`` to ``epochs``; return the per-epoch metrics.
+
+        Each epoch's dict holds train_loss/acc, test_loss/acc (val_* too with a validation
+        split), lr (the one the epoch trained with), epoch_time, images_per_sec, eval_time.
+        """
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        for epoch in range(self.epoch + 1, epochs + 1):
+            lr = self.lr
+            metrics = {"epoch": epoch, **self.train_epoch(epoch), "lr": lr}
+            start = time.perf_counter()
+            test = self.evaluate(self.test_loader)
+            metrics.update(test_loss=test["loss"], test_acc=test["acc"])
+            if self.val_loader is not None:
+                val = self.evaluate(self.val_loader)
+                metrics.update(val_loss=val["loss"], val_acc=val["acc"])
+            metrics["eval_time"] = time.perf_counter() - start
+            self._step_scheduler(metrics)
+            self._record(epoch, metrics)
+            log.info(f"Epoch {epoch}/{epochs}: train loss {metrics['train_loss']:.4f} acc "
+                     f"{100 * metrics['train_acc']:.2f}%, lr {lr:.3g}, {metrics['epoch_time']:.1f} s "
+                     f"({metrics['images_per_sec']:.0f} img/s)")
+            log.info(f"Test set: Average loss: {test['loss']:.4f}, Accuracy: {test['correct']}/{test['total']} "
+                     f"({100 * test['acc']:.2f}%)")
+            self._checkpoint(epoch, epochs, improved=self.best["epoch"] == epoch)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, metrics)
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
+        return self.history
+
+    def _step_scheduler(self, metrics: dict) -> None:
+        if self.scheduler is None or self.scheduler_interval != "epoch":
+            return
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(metrics[self.monitor or "test_loss"])
+        else:
+            self.scheduler.step()
+
+    def _record(self, epoch: int, metrics: dict) -> None:
+        self.epoch = epoch
+        self.history.append(metrics)
+        if metrics["test_acc"] > self.best["test_acc"]:
+            self.best = {"test_acc": metrics["test_acc"], "epoch": epoch}
+        if self.epochs_to_target is None and metrics["test_acc"] >= self.target_acc:
+            self.epochs_to_target = epoch
+
+    def summary(self) -> dict:
+        """Run-level results: best test accuracy and its epoch, epochs to the target accuracy."""
+        out = {"best_test_acc": self.best["test_acc"], "best_epoch": self.best["epoch"]}
+        if self.epochs_to_target is not None:
+            out["epochs_to_target"] = self.epochs_to_target
+        if self.history and "val_acc" in self.history[0]:
+            out["best_val_acc"] = max(m["val_acc"] for m in self.history)
+        return out
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "epoch": self.epoch, "history": self.history, "best": self.best,
+            "epochs_to_target": self.epochs_to_target,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.history, self.best = state["epoch"], list(state["history"]), dict(state["best"])
+        self.epochs_to_target = state["epochs_to_target"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def _checkpoint(self, epoch: int, epochs: int, improved: bool) -> None:
+        if self.checkpoint_dir is None or not self.checkpoint_every:
+            return
+        if epoch % self.checkpoint_every and epoch != epochs and not improved:
+            return
+        state = self.state_dict()
+        checkpoint.save(state, self.checkpoint_dir / "last.pt")
+        if improved:
+            checkpoint.save(state, self.checkpoint_dir / "best.pt")

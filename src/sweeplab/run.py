@@ -1,0 +1,183 @@
+"""One training job: build the pieces from the config, run the engine, log to MLflow, return the objective."""
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from sweeplab import checkpoint, plots, tracking
+from sweeplab.data import Augment, DeviceLoader, load_dataset
+from sweeplab.engine import NonFiniteLossError, Trainer, seed_everything
+from sweeplab.settings import ConfigError, resolve_device, validate
+
+log = logging.getLogger(__name__)
+
+SWEEP_ENV = "SWEEPLAB_SWEEP_ID"  # set for every job of a multirun by sweeplab.report.SweepCallback
+SWEPT_ENV = "SWEEPLAB_SWEPT_KEYS"
+# Overrides that say where things are, not what the experiment is: left out of run names.
+ENVIRONMENT_KEYS = ("tracking.", "paths.", "data.npz", "data.root", "trainer.device", "hydra.")
+
+
+def main(cfg: DictConfig) -> float:
+    """The task function behind train.py.
+
+    A single run that fails exits non-zero with a one-line reason. In a multirun a failed job is
+    logged and marked FAILED in MLflow, and the sweep goes on; the sweep callback turns failures
+    into the command's exit code once every job has run.
+    """
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        return train(cfg)
+    except (ConfigError, NonFiniteLossError) as err:
+        if multirun:
+            log.error(f"job failed: {err}")
+            return float("nan")
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2 if isinstance(err, ConfigError) else 1)
+    except Exception:
+        if multirun:
+            log.exception("job failed")
+            return float("nan")
+        raise
+
+
+def _overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def run_name(cfg: DictConfig, overrides: list[str]) -> str:
+    """The swept values of a multirun job, else the overrides that define the experiment."""
+    if cfg.tracking.get("run_name"):
+        return str(cfg.tracking.run_name)
+    swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k]
+    keep = [o for o in overrides if o.split("=")[0].lstrip("+~") in swept]
+    if not keep:
+        keep = [o for o in overrides if not o.lstrip("+~").startswith(ENVIRONMENT_KEYS)]
+    return " ".join(keep)[:250] or "defaults"
+
+
+def build_scheduler(scfg: DictConfig | None, optimizer, epochs: int, steps_per_epoch: int):
+    """Instantiate the scheduler partial; fill its length (total_steps / T_max) when the config leaves it out."""
+    if not scfg:  # scheduler=none
+        return None, "epoch", None
+    params = OmegaConf.to_container(scfg, resolve=True)
+    interval, monitor = params.pop("interval", "epoch"), params.pop("monitor", None)
+    length = epochs * steps_per_epoch if interval == "step" else epochs
+    accepted = inspect.signature(get_class(params["_target_"])).parameters
+    for key in ("total_steps", "T_max"):
+        if key in accepted and params.get(key) is None:
+            params[key] = length
+    return instantiate(params)(optimizer), interval, monitor
+
+
+def build(cfg: DictConfig, device: torch.device, data) -> dict:
+    """Model, optimizer, scheduler and loaders for a run, all from the config."""
+    t, aug = cfg.trainer, cfg.augmentation
+    precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    channels_last = t.channels_last if t.channels_last != "auto" else device.type == "cuda"
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = instantiate(cfg.model).to(device, memory_format=fmt)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    common = dict(device=device, mean=cfg.data.mean, std=cfg.data.std, channels_last=channels_last)
+    train_loader = DeviceLoader(data.train, t.batch_size, shuffle=True, drop_last=t.drop_last, seed=t.seed,
+                                augment=Augment(aug.crop_padding, aug.pad_mode, aug.flip), **common)
+    test_loader = DeviceLoader(data.test, t.eval_batch_size, **common)
+    val_loader = DeviceLoader(data.val, t.eval_batch_size, **common) if data.val is not None else None
+    scheduler, interval, monitor = build_scheduler(cfg.scheduler, optimizer, t.epochs, len(train_loader))
+    return dict(model=model, optimizer=optimizer, train_loader=train_loader, test_loader=test_loader,
+                val_loader=val_loader, scheduler=scheduler, scheduler_interval=interval, monitor=monitor,
+                precision=precision)
+
+
+def load_data(cfg: DictConfig):
+    d = cfg.data
+    data = load_dataset(d.root, d.npz, d.download, d.train_limit, d.test_limit, d.val_split)
+    if cfg.trainer.batch_size > len(data.train):
+        raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is larger than the "
+                          f"{len(data.train)} training images")
+    return data
+
+
+def train(cfg: DictConfig, resume: str | None = None, tags: dict | None = None) -> float:
+    """Run one job; return ``cfg.objective`` (best test accuracy by default).
+
+    Everything that can be wrong with the input is checked before the MLflow run is created.
+    ``resume`` reopens that MLflow run and continues from its last checkpoint.
+    """
+    validate(cfg)
+    device = resolve_device(cfg.trainer.device)
+    data = load_data(cfg)
+    experiment_id = tracking.setup(cfg.tracking)
+    seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
+    parts = build(cfg, device, data)
+    overrides = _overrides()
+    sweep_id = os.environ.get(SWEEP_ENV) if not resume else None
+    git = tracking.git_state()
+    run_tags = {} if resume else {**tracking.tags_for(cfg, overrides, sweep_id, git), **(tags or {})}
+
+    with tracking.active_run(experiment_id, run_name(cfg, overrides), run_id=resume, tags=run_tags) as run:
+        run_id = run.info.run_id
+        ckpt_dir = Path(cfg.paths.checkpoint_dir) / run_id
+        trainer = Trainer(**parts, device=device, label_smoothing=cfg.trainer.label_smoothing,
+                          tta_flip=cfg.trainer.tta_flip, target_acc=cfg.target_acc, checkpoint_dir=ckpt_dir,
+                          checkpoint_every=cfg.trainer.checkpoint_every, compile=cfg.trainer.compile,
+                          progress=cfg.trainer.progress, callbacks=[tracking.MlflowLogger(run_id)])
+        if resume:
+            trainer.load_state_dict(checkpoint.load(ckpt_dir / "last.pt", map_location=device))
+            log.info(f"resuming run {run_id} after epoch {trainer.epoch}")
+        else:
+            _log_start(cfg, overrides, data, git, ckpt_dir)
+        log.info(f"MLflow run {run_id} ({mlflow.get_tracking_uri()}), checkpoints in {ckpt_dir}")
+        try:
+            trainer.fit(cfg.trainer.epochs)
+        finally:
+            _log_end(trainer, ckpt_dir, run_id)
+    summary = trainer.summary()
+    objective = summary.get(cfg.objective, trainer.history[-1].get(cfg.objective) if trainer.history else None)
+    log.info(f"{cfg.objective} = {objective}")
+    return float("nan") if objective is None else float(objective)
+
+
+def _log_start(cfg: DictConfig, overrides: list[str], data, git: dict, ckpt_dir: Path) -> None:
+    tracking.log_params(tracking.flatten(cfg))
+    mlflow.set_tags({"sweeplab.data.train_sha256": data.train.checksum(), "sweeplab.data.train_size": len(data.train),
+                     "sweeplab.data.test_size": len(data.test), "sweeplab.checkpoint_dir": str(ckpt_dir)})
+    if git.get("dirty") and git.get("diff"):
+        mlflow.log_text(git["diff"], "git/diff.patch")
+    # The config as composed (re-runnable with --config-dir), resolved, and Hydra's own record.
+    rerunnable = OmegaConf.merge({"defaults": ["_self_", {"hydra": "default"}]}, cfg)
+    mlflow.log_text(OmegaConf.to_yaml(rerunnable), "config/config.yaml")
+    mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
+    mlflow.log_text("\n".join(overrides) + "\n", "config/overrides.txt")
+    if HydraConfig.initialized():
+        hydra_dir = Path(HydraConfig.get().runtime.output_dir) / HydraConfig.get().output_subdir
+        if hydra_dir.is_dir():
+            mlflow.log_artifacts(str(hydra_dir), "hydra")
+
+
+def _log_end(trainer: Trainer, ckpt_dir: Path, run_id: str) -> None:
+    """Figures, checkpoint and console log, also for a run that failed half way."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if trainer.history:
+            fig_path = Path(tmp) / "curves.png"
+            plots.save(plots.curves_figure({run_id[:8]: trainer.history}), fig_path)
+            mlflow.log_artifact(str(fig_path), "plots")
+    best = ckpt_dir / "best.pt"
+    if best.is_file():
+        mlflow.log_artifact(str(best), "checkpoints")
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        log_file = Path(hc.runtime.output_dir) / f"{hc.job.name}.log"
+        if log_file.is_file():
+            mlflow.log_artifact(str(log_file), "logs")

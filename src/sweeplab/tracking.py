@@ -1,0 +1,168 @@
+"""Everything MLflow: the store, a run's lifecycle, params/metrics/artifacts, run search."""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from sweeplab.engine import Callback
+from sweeplab.settings import ConfigError, repo_root
+
+log = logging.getLogger(__name__)
+
+SWEEP_TAG = "sweeplab.sweep"
+FAILURE_TAG = "sweeplab.failure"
+
+
+def store_uri(tcfg: DictConfig) -> str:
+    """``tracking.uri`` (or $MLFLOW_TRACKING_URI), else a SQLite database in ``tracking.store_dir``."""
+    if tcfg.get("uri"):
+        return str(tcfg.uri)
+    store = Path(tcfg.store_dir).expanduser().resolve()
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def setup(tcfg: DictConfig) -> str:
+    """Point MLflow at the store and return the experiment's id, creating it when new.
+
+    A local store gets an explicit artifact folder beside the database, so artifacts never land
+    relative to the working directory; a server picks (or proxies) the artifact root itself.
+    """
+    uri = store_uri(tcfg)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    try:
+        exp = client.get_experiment_by_name(tcfg.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if uri.startswith("sqlite:"):
+            location = (Path(tcfg.store_dir).expanduser().resolve() / "artifacts" / tcfg.experiment).as_uri()
+        try:
+            return client.create_experiment(tcfg.experiment, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # created by a parallel job meanwhile
+            return client.get_experiment_by_name(tcfg.experiment).experiment_id
+    except mlflow.exceptions.MlflowException as err:
+        raise ConfigError(f"MLflow store {uri} is not usable: {str(err).splitlines()[0]}") from None
+
+
+def flatten(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as ``a.b.c -> value`` strings (MLflow params)."""
+    out: dict[str, str] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = str(node)[:6000]
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def git_state(root: Path | None = None) -> dict:
+    """Commit, dirty flag and diff of the repository the code runs from (empty outside git)."""
+    root = root or repo_root()
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
+
+    try:
+        head = git("rev-parse", "HEAD")
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if head.returncode:
+        return {}
+    diff = git("diff", "HEAD").stdout
+    untracked = git("ls-files", "--others", "--exclude-standard").stdout.strip()
+    return {"commit": head.stdout.strip(), "dirty": bool(diff.strip() or untracked), "diff": diff}
+
+
+def environment() -> dict[str, str]:
+    import hydra
+    import torch
+    import torchvision
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "hydra": hydra.__version__, "mlflow": mlflow.__version__,
+            "host": platform.node(), "device_name": device, "cpu_count": str(os.cpu_count())}
+
+
+@contextmanager
+def active_run(experiment_id: str, run_name: str | None = None, run_id: str | None = None, tags=None):
+    """Start (or reopen, for a resume) a run; end it FINISHED, FAILED (reason in a tag) or KILLED."""
+    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
+                           run_name=run_name, tags=tags)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.set_tag(FAILURE_TAG, "interrupted (Ctrl-C); resume with train.py resume=" + run.info.run_id)
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException as err:
+        reason = f"{type(err).__name__}: {err}".splitlines()[0][:5000]
+        mlflow.set_tag(FAILURE_TAG, reason)
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run()
+
+
+def log_params(params: dict[str, str]) -> None:
+    client, run_id = MlflowClient(), mlflow.active_run().info.run_id
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+class MlflowLogger(Callback):
+    """Logs each epoch's metrics with ``step=epoch``, in one request per epoch."""
+
+    def __init__(self, run_id: str):
+        self.client, self.run_id = MlflowClient(), run_id
+
+    def on_epoch_end(self, trainer, metrics: dict) -> None:
+        now = int(time.time() * 1000)
+        step = metrics["epoch"]
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if k != "epoch"]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def on_fit_end(self, trainer) -> None:
+        summary = trainer.summary()
+        if summary:
+            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), int(time.time() * 1000), 0)
+                                                        for k, v in summary.items() if v is not None])
+
+
+def sweep_runs(experiment_id: str, sweep_id: str, statuses=None) -> list:
+    """All runs of one sweep, oldest first."""
+    query = f"tags.`{SWEEP_TAG}` = '{sweep_id}'"
+    runs = MlflowClient().search_runs([experiment_id], query, order_by=["attributes.start_time ASC"],
+                                      max_results=10_000)
+    return [r for r in runs if statuses is None or r.info.status in statuses]
+
+
+def tags_for(cfg: DictConfig, overrides: list[str], sweep_id: str | None, git: dict) -> dict[str, str]:
+    """Where a run comes from: overrides, seed, sweep, git commit, versions and device."""
+    tags = {"sweeplab.overrides": " ".join(overrides) or "(defaults)", "sweeplab.seed": str(cfg.trainer.seed)}
+    if sweep_id:
+        tags[SWEEP_TAG] = sweep_id
+    if git:
+        tags.update({"mlflow.source.git.commit": git["commit"], "sweeplab.git_dirty": str(git["dirty"])})
+    tags.update({f"sweeplab.env.{k}": v for k, v in environment().items()})
+    tags["mlflow.source.name"] = Path(sys.argv[0]).name
+    return tags
+
