@@ -12,6 +12,7 @@ from pathlib import Path
 import mlflow
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -38,6 +39,10 @@ def main(cfg: DictConfig) -> float:
     """
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
+        if cfg.get("resume"):
+            return train(config_of(cfg.resume, cfg), resume=cfg.resume)
+        if cfg.get("reproduce"):
+            return train(config_of(cfg.reproduce, cfg), tags={"sweeplab.reproduces": cfg.reproduce})
         return train(cfg)
     except (ConfigError, NonFiniteLossError) as err:
         if multirun:
@@ -45,11 +50,36 @@ def main(cfg: DictConfig) -> float:
             return float("nan")
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, ConfigError) else 1)
+    except KeyboardInterrupt:
+        print("interrupted: the MLflow run is marked KILLED and its last checkpoint kept "
+              "(continue it with: python train.py resume=<run id>)", file=sys.stderr)
+        sys.exit(130)
     except Exception:
         if multirun:
             log.exception("job failed")
             return float("nan")
         raise
+
+
+def config_of(run_id: str, current: DictConfig) -> DictConfig:
+    """A run's saved config, with where-things-are (tracking, paths) and the command line's other
+    value overrides taken from the current invocation."""
+    tracking.setup(current.tracking)
+    cfg = tracking.saved_config(str(run_id))
+    cfg.tracking, cfg.paths = current.tracking, current.paths
+    parser = OverridesParser.create()
+    for override in parser.parse_overrides(_overrides()):
+        key = override.get_key_element()
+        if key in ("resume", "reproduce") or key.startswith(("tracking.", "paths.")):
+            continue
+        if not override.is_force_add() and OmegaConf.select(cfg, key, default=_MISSING) is _MISSING \
+                or isinstance(OmegaConf.select(cfg, key), DictConfig):
+            raise ConfigError(f"{override.input_line}: only plain values can be changed on a saved config")
+        OmegaConf.update(cfg, key, override.value(), force_add=True)
+    return cfg
+
+
+_MISSING = object()
 
 
 def _overrides() -> list[str]:
@@ -117,6 +147,12 @@ def train(cfg: DictConfig, resume: str | None = None, tags: dict | None = None) 
     """
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
+    state = None
+    if resume:
+        state = checkpoint.load(Path(cfg.paths.checkpoint_dir) / resume / "last.pt", map_location=device)
+        if state["epoch"] >= cfg.trainer.epochs:
+            raise ConfigError(f"run {resume} has trained {state['epoch']} of trainer.epochs={cfg.trainer.epochs} "
+                              f"epochs: nothing to resume (pass a larger trainer.epochs to train on)")
     data = load_data(cfg)
     experiment_id = tracking.setup(cfg.tracking)
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
@@ -133,8 +169,9 @@ def train(cfg: DictConfig, resume: str | None = None, tags: dict | None = None) 
                           tta_flip=cfg.trainer.tta_flip, target_acc=cfg.target_acc, checkpoint_dir=ckpt_dir,
                           checkpoint_every=cfg.trainer.checkpoint_every, compile=cfg.trainer.compile,
                           progress=cfg.trainer.progress, callbacks=[tracking.MlflowLogger(run_id)])
-        if resume:
-            trainer.load_state_dict(checkpoint.load(ckpt_dir / "last.pt", map_location=device))
+        if state is not None:
+            trainer.load_state_dict(state)
+            mlflow.set_tag("sweeplab.resumed_from_epoch", state["epoch"])
             log.info(f"resuming run {run_id} after epoch {trainer.epoch}")
         else:
             _log_start(cfg, overrides, data, git, ckpt_dir)

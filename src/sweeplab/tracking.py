@@ -33,6 +33,43 @@ def store_uri(tcfg: DictConfig) -> str:
     return f"sqlite:///{store / 'mlflow.db'}"
 
 
+# Jobs fail at start, within seconds, when the store is down: MLflow's own client retries for minutes.
+PROBE_TIMEOUT_S = 5.0
+DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Raise ConfigError (one line naming the URI) unless the tracking server or database answers.
+
+    http(s): GET ``<uri>/health`` (any answer but a gateway error counts: a proxy may guard it);
+    a database URI with a host: a TCP connect to its port. Local stores (sqlite) need no probe.
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+")[0].lower()
+    safe = uri.replace(f":{parts.password}@", ":***@") if parts.password else uri
+    hint = "start it, or point tracking.uri / MLFLOW_TRACKING_URI at a running one"
+    if scheme in ("http", "https"):
+        import requests
+
+        try:
+            status = requests.get(uri.rstrip("/") + "/health", timeout=timeout).status_code
+            reason = f"a gateway answered HTTP {status}" if status in (502, 503, 504) else None
+        except requests.RequestException as err:
+            reason = "timed out" if isinstance(err, requests.Timeout) else "connection refused or no route"
+        if reason:
+            raise ConfigError(f"MLflow server {safe} is not reachable ({reason}, {timeout:g} s probe): {hint}")
+    elif scheme in DB_PORTS and parts.hostname:
+        import socket
+
+        try:
+            with socket.create_connection((parts.hostname, parts.port or DB_PORTS[scheme]), timeout=timeout):
+                pass
+        except OSError as err:
+            raise ConfigError(f"MLflow database {safe} is not reachable ({err.strerror or err}): {hint}") from None
+
+
 def setup(tcfg: DictConfig) -> str:
     """Point MLflow at the store and return the experiment's id, creating it when new.
 
@@ -40,9 +77,12 @@ def setup(tcfg: DictConfig) -> str:
     relative to the working directory; a server picks (or proxies) the artifact root itself.
     """
     uri = store_uri(tcfg)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     try:
+        with _first_use_lock(uri):  # parallel jobs must not create the tables at the same time
+            client.search_experiments(max_results=1)
         exp = client.get_experiment_by_name(tcfg.experiment)
         if exp is not None:
             return exp.experiment_id
@@ -55,6 +95,38 @@ def setup(tcfg: DictConfig) -> str:
             return client.get_experiment_by_name(tcfg.experiment).experiment_id
     except mlflow.exceptions.MlflowException as err:
         raise ConfigError(f"MLflow store {uri} is not usable: {str(err).splitlines()[0]}") from None
+
+
+@contextmanager
+def _first_use_lock(uri: str):
+    """An exclusive file lock beside a SQLite store while MLflow creates or migrates its tables."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(Path(uri[len("sqlite:///"):]).with_suffix(".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def saved_config(run_id: str) -> DictConfig:
+    """The composed config a run saved (``config/config.yaml``), without its defaults list."""
+    client = MlflowClient()
+    try:
+        client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ConfigError(f"no run {run_id} in the MLflow store {mlflow.get_tracking_uri()}") from None
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config/config.yaml")
+    except (mlflow.exceptions.MlflowException, OSError):
+        raise ConfigError(f"run {run_id} has no saved config (config/config.yaml)") from None
+    cfg = OmegaConf.load(path)
+    cfg.pop("defaults", None)
+    return cfg
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
@@ -134,6 +206,13 @@ class MlflowLogger(Callback):
     def __init__(self, run_id: str):
         self.client, self.run_id = MlflowClient(), run_id
 
+    def on_fit_start(self, trainer) -> None:
+        """On resume: log the checkpointed epochs a kill kept from reaching MLflow (never twice)."""
+        logged = {m.step for m in self.client.get_metric_history(self.run_id, "test_acc")}
+        for metrics in trainer.history:
+            if metrics["epoch"] not in logged:
+                self.on_epoch_end(trainer, metrics)
+
     def on_epoch_end(self, trainer, metrics: dict) -> None:
         now = int(time.time() * 1000)
         step = metrics["epoch"]
@@ -166,3 +245,24 @@ def tags_for(cfg: DictConfig, overrides: list[str], sweep_id: str | None, git: d
     tags["mlflow.source.name"] = Path(sys.argv[0]).name
     return tags
 
+
+
+def best_run(experiment_id: str, metric: str, direction: str = "max", sweep_id: str | None = None):
+    """The FINISHED run with the best ``metric`` (``direction`` max or min), optionally of one sweep.
+
+    Runs that never logged the metric are skipped; ties go to the newest run. None when nothing fits.
+    """
+    query = "attributes.status = 'FINISHED'"
+    if sweep_id:
+        query += f" and tags.`{SWEEP_TAG}` = '{sweep_id}'"
+    order = "DESC" if direction == "max" else "ASC"
+    runs = MlflowClient().search_runs([experiment_id], query, max_results=10_000,
+                                      order_by=[f"metrics.`{metric}` {order}", "attributes.start_time DESC"])
+    return next((r for r in runs if metric in r.data.metrics), None)
+
+
+def latest_sweep(experiment_id: str) -> str | None:
+    """The sweep id of the most recently started run that belongs to a sweep (None if none does)."""
+    runs = MlflowClient().search_runs([experiment_id], f"tags.`{SWEEP_TAG}` LIKE '%'", max_results=1,
+                                      order_by=["attributes.start_time DESC"])
+    return runs[0].data.tags[SWEEP_TAG] if runs else None

@@ -1,0 +1,99 @@
+"""Config composition in-process, for every group option, and the checks on bad input."""
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
+
+import sweeplab  # noqa: F401  (resolvers)
+from sweeplab.run import build_scheduler
+from sweeplab.settings import ConfigError, resolve_device, validate
+from conftest import ROOT
+
+GROUPS = ["model", "optimizer", "scheduler", "augmentation", "data", "trainer", "tracking", "paths", "experiment"]
+
+
+def cfg_with(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def options(group):
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes_and_validates(group, option):
+    cfg = cfg_with(f"{group}={option}", "trainer.device=cpu")
+    validate(cfg)
+    model = instantiate(cfg.model)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    scheduler, interval, _ = build_scheduler(cfg.scheduler, optimizer, epochs=3, steps_per_epoch=5)
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    assert interval in ("epoch", "step")
+    assert scheduler is None or hasattr(scheduler, "step")
+
+
+def test_defaults_are_the_seed_recipe():
+    cfg = cfg_with()
+    assert cfg.model._target_ == "sweeplab.models.resnet18" and cfg.model.width == 64
+    assert cfg.optimizer._target_ == "torch.optim.SGD"
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum) == (0.01, 0.9)
+    assert cfg.scheduler._target_.endswith("ReduceLROnPlateau")
+    assert (cfg.scheduler.factor, cfg.scheduler.patience, cfg.scheduler.monitor) == (0.5, 5, "test_loss")
+    assert (cfg.trainer.batch_size, cfg.trainer.epochs) == (128, 50)
+    assert cfg.augmentation.crop_padding == 2 and cfg.augmentation.flip  # pad to 36, crop 32, flip
+    assert list(cfg.data.std) == [0.2470, 0.2435, 0.2616]  # the true CIFAR-10 statistics
+    assert cfg_with("experiment=seed") == cfg  # the recipe file pins exactly the defaults
+
+
+def test_paths_do_not_depend_on_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = cfg_with()
+    assert Path(cfg.paths.root) == ROOT
+    assert Path(cfg.tracking.store_dir) == ROOT / "mlruns"
+
+
+def test_onecycle_gets_the_run_length():
+    cfg = cfg_with("scheduler=onecycle")
+    model = instantiate(cfg.model)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    scheduler, interval, _ = build_scheduler(cfg.scheduler, optimizer, epochs=3, steps_per_epoch=7)
+    assert interval == "step" and scheduler.total_steps == 21
+
+
+def test_data_npz_from_environment(monkeypatch, tiny_npz):
+    monkeypatch.setenv("SWEEPLAB_CIFAR10_NPZ", str(tiny_npz))
+    assert cfg_with().data.npz == str(tiny_npz)
+
+
+def test_unknown_group_option_is_refused():
+    with pytest.raises(MissingConfigException):
+        cfg_with("optimizer=nope")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optimizer.lr=-1", "optimizer.lr=-1 must be a positive number"),
+    ("optimizer.lr=0", "optimizer.lr=0 must be a positive number"),
+    ("trainer.epochs=0", "trainer.epochs=0 must be an integer >= 1"),
+    ("trainer.batch_size=0", "trainer.batch_size=0"),
+    ("trainer.device=tpu", "trainer.device='tpu'"),
+    ("trainer.precision=fp8", "trainer.precision='fp8'"),
+    ("scheduler.monitor=val_loss", "needs a validation split"),
+    ("augmentation.pad_mode=wrap", "augmentation.pad_mode='wrap'"),
+    ("target_acc=88", "target_acc=88"),
+])
+def test_bad_values_give_one_line_errors(override, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        validate(cfg_with(override))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cuda_without_a_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="no CUDA device is available"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
