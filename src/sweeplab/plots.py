@@ -34,6 +34,55 @@ def curves_figure(histories: dict[str, list[dict]], title: str | None = None) ->
     return fig
 
 
+def lr_finder_run_figure() -> Figure:
+    """An empty figure with one axes for torch-lr-finder's ``LRFinder.plot(ax=...)`` to draw into."""
+    fig, _ = plt.subplots(figsize=(7, 5))
+    return fig
+
+
+def finish_lr_finder_run_figure(fig: Figure, path, title: str, suggestion: float | None = None) -> None:
+    """Title, grid and a dotted line at the suggested lr (the library marks its point), then save."""
+    ax = fig.axes[0]
+    if suggestion is not None:
+        ax.axvline(suggestion, color="red", linestyle=":", linewidth=1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    save(fig, path)
+
+
+def lr_finder_summary_figure(runs: dict[str, dict], log_lr: bool = True, skip_start: int = 0, skip_end: int = 0,
+                             title: str | None = None) -> Figure:
+    """Every LR range test's loss over lr in one axes, each suggestion marked on its curve.
+
+    ``runs``: label -> {"lr": [...], "loss": [...], "suggestion": float | None}; the first
+    ``skip_start`` and last ``skip_end`` points are left out, as the suggestion leaves them out.
+    """
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, run in runs.items():
+        lrs, losses = list(run["lr"]), list(run["loss"])
+        if run.get("suggestion") is not None:
+            end = len(lrs) - skip_end
+            lrs, losses = lrs[skip_start:end], losses[skip_start:end]
+        if not lrs:
+            continue
+        suggestion = run.get("suggestion")
+        name = f"{label}: {suggestion:.3g}" if suggestion is not None else f"{label}: no suggestion"
+        (line,) = ax.plot(lrs, losses, label=name)
+        if suggestion is not None:
+            i = min(range(len(lrs)), key=lambda k: abs(lrs[k] - suggestion))
+            ax.scatter([lrs[i]], [losses[i]], s=60, color=line.get_color(), edgecolor="black", zorder=3)
+    if log_lr:
+        ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss (smoothed)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    ax.set_title(title or "LR range test")
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Figure, path) -> None:
     fig.savefig(path, dpi=100)
     plt.close(fig)

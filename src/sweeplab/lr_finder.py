@@ -1,0 +1,431 @@
+"""LR range test: torch-lr-finder's ``LRFinder`` over the device-resident data, N independent runs,
+their suggestions, and the sweep command that trains with them.
+
+The range test, its smoothing, divergence stop, ``reset()`` and the suggestion (steepest descent of
+the smoothed loss, via ``LRFinder.plot``) are the library's. What lives here: iterators that feed it
+our ``DeviceLoader`` batches (already on the device, augmented and normalized), a fresh model and
+optimizer per run, the files, the MLflow run, and the one-line messages for a test that cannot
+suggest anything.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import shlex
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import mlflow
+import torch
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from sweeplab import plots, tracking  # plots first: the Agg backend before torch-lr-finder imports pyplot
+from sweeplab.data import Augment, DeviceLoader, Split, load_dataset
+from sweeplab.engine import seed_everything
+from sweeplab.settings import ConfigError, resolve_device
+from sweeplab.settings import validate as validate_common
+
+with warnings.catch_warnings():  # tqdm.autonotebook warns that it is experimental
+    warnings.simplefilter("ignore")
+    import torch_lr_finder.lr_finder as tlf
+    from torch_lr_finder import LRFinder, TrainDataLoaderIter, ValDataLoaderIter
+
+log = logging.getLogger(__name__)
+
+VAL_SOURCES = ("none", "test", "val")
+STEP_MODES = ("exp", "linear")
+# Overrides that say where things run, not what is trained: not repeated in the sweep command.
+ENVIRONMENT_KEYS = ("tracking.", "paths.", "hydra.", "data.npz", "data.root", "trainer.device", "task_name")
+
+
+class NoSuggestionError(RuntimeError):
+    """No run produced a suggestion (every one diverged or stopped too early)."""
+
+
+# -- the library's data iterators over our device-resident loaders --------------------------------
+class _Epochs:
+    """A DeviceLoader that starts a new epoch (fresh order and augmentation) on every pass."""
+
+    def __init__(self, loader: DeviceLoader):
+        self.loader, self.passes = loader, 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        self.loader.set_epoch(self.passes)
+        self.passes += 1
+        return iter(self.loader)
+
+
+class DeviceTrainIter(TrainDataLoaderIter):
+    """``TrainDataLoaderIter`` over a DeviceLoader: its (x, y) batches already live on the device.
+
+    The library's ``auto_reset`` restarts the loader when a pass ends; each restart is a new epoch,
+    so a range test longer than one pass does not replay the same batches.
+    """
+
+    def __init__(self, loader: DeviceLoader):
+        super().__init__(_Epochs(loader), auto_reset=True)
+
+    @property
+    def dataset(self):
+        return self.data_loader.loader.labels
+
+
+class DeviceValIter(ValDataLoaderIter):
+    """``ValDataLoaderIter`` over a DeviceLoader; ``dataset`` only needs a length (the library divides
+    the summed loss by it)."""
+
+    @property
+    def dataset(self):
+        return self.data_loader.labels
+
+
+# -- configuration --------------------------------------------------------------------------------
+def _number(value, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} must be a number")
+    return float(value)
+
+
+def _integer(value, key: str, minimum: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}={value!r} must be an integer >= {minimum}")
+
+
+def min_steps(lcfg: DictConfig) -> int:
+    """The fewest recorded steps the library's suggestion works with (``plot`` skips start and end)."""
+    return int(lcfg.skip_start) + int(lcfg.skip_end) + 2
+
+
+def validate(cfg: DictConfig) -> None:
+    """The common checks (settings.validate), then the lr_finder group; ConfigError on the first problem."""
+    validate_common(cfg)
+    lcfg = cfg.get("lr_finder")
+    if lcfg is None:
+        raise ConfigError("the config has no lr_finder group (run find_lr.py, or add lr_finder=default)")
+    start, end = _number(lcfg.start_lr, "lr_finder.start_lr"), _number(lcfg.end_lr, "lr_finder.end_lr")
+    if start <= 0:
+        raise ConfigError(f"lr_finder.start_lr={lcfg.start_lr} must be positive")
+    if start >= end:
+        raise ConfigError(f"lr_finder.start_lr={lcfg.start_lr} must be below lr_finder.end_lr={lcfg.end_lr}")
+    _integer(lcfg.runs, "lr_finder.runs", 1)
+    _integer(lcfg.seed, "lr_finder.seed", 0)
+    _integer(lcfg.skip_start, "lr_finder.skip_start", 0)
+    _integer(lcfg.skip_end, "lr_finder.skip_end", 0)
+    _integer(lcfg.num_iter, "lr_finder.num_iter", 2)
+    if lcfg.num_iter < min_steps(lcfg):
+        raise ConfigError(f"lr_finder.num_iter={lcfg.num_iter} is too few iterations for a suggestion: the "
+                          f"library skips the first {lcfg.skip_start} and last {lcfg.skip_end} steps and needs "
+                          f"at least {min_steps(lcfg)} (raise lr_finder.num_iter or lower lr_finder.skip_start)")
+    if lcfg.step_mode not in STEP_MODES:
+        raise ConfigError(f"lr_finder.step_mode={lcfg.step_mode!r} must be one of {', '.join(STEP_MODES)}")
+    if not 0.0 <= _number(lcfg.smooth_f, "lr_finder.smooth_f") < 1.0:
+        raise ConfigError(f"lr_finder.smooth_f={lcfg.smooth_f} must lie in [0, 1)")
+    if not _number(lcfg.diverge_th, "lr_finder.diverge_th") > 1.0:
+        raise ConfigError(f"lr_finder.diverge_th={lcfg.diverge_th} must be above 1 (a multiple of the best loss)")
+    val = _val_source(lcfg)
+    if val not in VAL_SOURCES:
+        raise ConfigError(f"lr_finder.val={lcfg.val!r} must be one of {', '.join(VAL_SOURCES)}")
+    if val == "val" and not cfg.data.val_split:
+        raise ConfigError("lr_finder.val=val needs a held-out split (set data.val_split=N)")
+    _integer(lcfg.val_subset, "lr_finder.val_subset", 1, optional=True)
+
+
+def _val_source(lcfg: DictConfig) -> str:
+    return "none" if lcfg.val is None or lcfg.val is False else str(lcfg.val)
+
+
+# -- one range test ---------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    index: int
+    seed: int
+    lrs: list[float]
+    losses: list[float]
+    suggestion: float | None  # the library's, unrounded
+    seconds: float
+    stopped_early: bool  # fewer steps than num_iter: the loss diverged (or became NaN)
+    message: str | None = None  # why there is no suggestion
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _library_output(progress: bool):
+    """torch-lr-finder prints remarks to stdout and draws a tqdm bar: keep stdout for our own lines
+    (the last one is the sweep command) and show the bar only where progress bars are wanted."""
+    buffer, original = io.StringIO(), tlf.tqdm
+    tlf.tqdm = partial(original, disable=not progress, leave=False)
+    try:
+        with contextlib.redirect_stdout(buffer), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*get_last_lr.*")  # the library reads get_lr()
+            yield buffer
+    finally:
+        tlf.tqdm = original
+        for line in buffer.getvalue().splitlines():
+            log.debug(f"torch-lr-finder: {line}")
+
+
+def _amp(precision: str, device: torch.device) -> dict:
+    if precision != "bf16":
+        return {}
+    # bf16 needs no loss scaling; the library insists on a scaler object, a disabled one passes through.
+    return dict(amp_backend="torch", amp_config={"device_type": device.type, "dtype": torch.bfloat16},
+                grad_scaler=torch.amp.GradScaler(device.type, enabled=False))
+
+
+def _finite_prefix(history: dict) -> dict:
+    """The history up to its first non-finite loss: the library's divergence test cannot see NaN."""
+    n = next((i for i, v in enumerate(history["loss"]) if not math.isfinite(v)), len(history["loss"]))
+    return {"lr": list(history["lr"][:n]), "loss": list(history["loss"][:n])}
+
+
+def range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion, train_loader: DeviceLoader,
+               val_loader: DeviceLoader | None, lcfg: DictConfig, *, device: torch.device, precision: str = "fp32",
+               progress: bool = False, ax=None) -> tuple[dict, float | None, str | None]:
+    """One LRFinder.range_test; returns (history, suggestion or None, why not).
+
+    The model and optimizer are restored with ``LRFinder.reset()`` afterwards, so the objects passed
+    in leave exactly as they came. With ``ax`` the library draws the curve and marks its suggestion.
+    """
+    finder = LRFinder(model, optimizer, criterion, device=device, **_amp(precision, device))
+    try:
+        with _library_output(progress):
+            finder.range_test(DeviceTrainIter(train_loader),
+                              val_loader=DeviceValIter(val_loader) if val_loader is not None else None,
+                              start_lr=float(lcfg.start_lr), end_lr=float(lcfg.end_lr), num_iter=int(lcfg.num_iter),
+                              step_mode=lcfg.step_mode, smooth_f=float(lcfg.smooth_f),
+                              diverge_th=float(lcfg.diverge_th))
+        raw = finder.history
+        finder.history = history = _finite_prefix(raw)
+        steps, need = len(history["lr"]), min_steps(lcfg)
+        log_lr = lcfg.step_mode == "exp"
+        if steps < need:
+            at = f" at lr {raw['lr'][len(raw['lr']) - 1]:.3g}" if raw["lr"] else ""
+            why = "became NaN" if len(raw["loss"]) > steps else "diverged"
+            message = (f"the loss {why}{at} after {steps} of {lcfg.num_iter} steps, too early for a suggestion "
+                       f"(it needs {need}): lower lr_finder.end_lr or raise lr_finder.diverge_th")
+            if ax is not None and steps:
+                with _library_output(progress):
+                    finder.plot(skip_start=0, skip_end=0, log_lr=log_lr, ax=ax, suggest_lr=False)
+            return history, None, message
+        if ax is None:
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots()
+            plt.close(fig)
+        with _library_output(progress):
+            _, suggestion = finder.plot(skip_start=int(lcfg.skip_start), skip_end=int(lcfg.skip_end),
+                                        log_lr=log_lr, ax=ax, suggest_lr=True)
+        return history, float(suggestion), None
+    finally:
+        finder.reset()
+
+
+# -- formatting and the sweep command ------------------------------------------------------------------
+def format_lr(value: float) -> str:
+    """3 significant digits in the seed's style: 0.01 -> 1e-2, 0.009326 -> 9.33e-3."""
+    mantissa, exponent = f"{value:.2e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def sweep_command(values: list[str], overrides: list[str]) -> str:
+    """``python train.py -m <the experiment's overrides> optimizer.lr=a,b``.
+
+    The finder's own overrides (lr_finder*), optimizer.lr and the ones that only say where things
+    run (store, paths, data file, device) are left out; model, optimizer, data limits, batch size and
+    so on are kept, since the suggestion is only valid for them.
+    """
+    keep = [o for o in overrides
+            if not (_key(o).startswith("lr_finder") or _key(o) == "optimizer.lr" or _key(o).startswith(ENVIRONMENT_KEYS))]
+    return " ".join(["python train.py -m", *(shlex.quote(o) for o in keep), "optimizer.lr=" + ",".join(values)])
+
+
+# -- the command ---------------------------------------------------------------------------------------
+def _overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _fresh(cfg: DictConfig, device: torch.device, channels_last: bool):
+    """A new model and optimizer from the config, as train.py builds them (never the ones training uses)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = instantiate(cfg.model).to(device, memory_format=fmt)
+    return model, instantiate(cfg.optimizer)(model.parameters())
+
+
+def _loaders(cfg: DictConfig, data, device: torch.device, channels_last: bool):
+    t, aug, lcfg = cfg.trainer, cfg.augmentation, cfg.lr_finder
+    common = dict(device=device, mean=cfg.data.mean, std=cfg.data.std, channels_last=channels_last)
+    train = DeviceLoader(data.train, t.batch_size, shuffle=True, drop_last=t.drop_last, seed=lcfg.seed,
+                         augment=Augment(aug.crop_padding, aug.pad_mode, aug.flip), **common)
+    source = _val_source(lcfg)
+    if source == "none":
+        return train, None
+    split = data.test if source == "test" else data.val
+    if lcfg.val_subset and lcfg.val_subset < len(split):
+        split = Split(split.images[:lcfg.val_subset], split.labels[:lcfg.val_subset])
+    return train, DeviceLoader(split, t.eval_batch_size, **common)
+
+
+def _write_history(result: RunResult, path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "lr", "loss"])
+        writer.writerows((i, repr(lr), repr(loss)) for i, (lr, loss) in enumerate(zip(result.lrs, result.losses)))
+
+
+def _output_dir() -> Path:
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(tempfile.mkdtemp(prefix="lr_finder-"))
+
+
+def find(cfg: DictConfig, out_dir: Path | None = None) -> dict:
+    """Run ``lr_finder.runs`` range tests, write and log their results; return the suggestions file's content.
+
+    Raises ConfigError (before any work or MLflow run) for bad input and NoSuggestionError when no
+    run could suggest an lr.
+    """
+    validate(cfg)
+    lcfg, t = cfg.lr_finder, cfg.trainer
+    device = resolve_device(t.device)
+    d = cfg.data
+    data = load_dataset(d.root, d.npz, d.download, d.train_limit, d.test_limit, d.val_split)
+    if t.batch_size > len(data.train):
+        raise ConfigError(f"trainer.batch_size={t.batch_size} is larger than the {len(data.train)} training images")
+    precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    channels_last = t.channels_last if t.channels_last != "auto" else device.type == "cuda"
+    progress = sys.stderr.isatty() if t.progress is None else bool(t.progress)
+    out_dir = Path(out_dir) if out_dir else _output_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    experiment_id = tracking.setup(cfg.tracking)
+    train_loader, val_loader = _loaders(cfg, data, device, channels_last)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=float(t.label_smoothing))
+    overrides = _overrides()
+    git = tracking.git_state()
+    tags = {**tracking.tags_for(cfg, overrides, None, git), "sweeplab.task": "lr_finder"}
+    run_name = "lr_finder " + (" ".join(o for o in overrides if not _key(o).startswith(ENVIRONMENT_KEYS)) or "defaults")
+    val_desc = "training batch" if val_loader is None else f"{len(val_loader.labels)} {_val_source(lcfg)} images"
+    log.info(f"LR range test: {lcfg.runs} run(s), lr {lcfg.start_lr:g} .. {lcfg.end_lr:g} in {lcfg.num_iter} "
+             f"{lcfg.step_mode} steps on {device}, loss of the {val_desc} after each step")
+
+    results: list[RunResult] = []
+    with tracking.active_run(experiment_id, run_name[:250], tags=tags) as run:
+        tracking.log_params(tracking.flatten(cfg))
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
+        mlflow.log_text("\n".join(overrides) + "\n", "config/overrides.txt")
+        client = MlflowClient()
+        for i in range(lcfg.runs):
+            seed = int(lcfg.seed) + i
+            seed_everything(seed, t.deterministic)
+            model, optimizer = _fresh(cfg, device, channels_last)
+            train_loader.seed = seed
+            fig = plots.lr_finder_run_figure()
+            started = time.perf_counter()
+            history, suggestion, message = range_test(model, optimizer, criterion, train_loader, val_loader, lcfg,
+                                                      device=device, precision=precision, progress=progress,
+                                                      ax=fig.axes[0])
+            seconds = time.perf_counter() - started
+            result = RunResult(i, seed, history["lr"], history["loss"], suggestion, seconds,
+                               len(history["lr"]) < lcfg.num_iter, message)
+            del model, optimizer
+            title = (f"run {i} (seed {seed}): suggested lr {format_lr(suggestion)}" if suggestion is not None
+                     else f"run {i} (seed {seed}): no suggestion")
+            result.files["figure"] = out_dir / f"run{i}_lr_finder.png"
+            plots.finish_lr_finder_run_figure(fig, result.files["figure"], title, suggestion)
+            result.files["history"] = out_dir / f"run{i}_history.csv"
+            _write_history(result, result.files["history"])
+            results.append(result)
+            now = int(time.time() * 1000)
+            metrics = [Metric(f"run{i}_loss", v, now, s) for s, v in enumerate(result.losses)]
+            metrics.append(Metric(f"run{i}_seconds", seconds, now, 0))
+            if suggestion is not None:
+                metrics += [Metric(f"run{i}_suggested_lr", suggestion, now, 0), Metric("suggested_lr", suggestion, now, i)]
+            for k in range(0, len(metrics), 1000):
+                client.log_batch(run.info.run_id, metrics=metrics[k:k + 1000])
+            if message:
+                log.warning(f"run {i} (seed {seed}): {message}")
+            else:
+                log.info(f"run {i} (seed {seed}): {len(result.lrs)} steps in {seconds:.1f} s"
+                         f"{' (stopped early: the loss diverged)' if result.stopped_early else ''}, "
+                         f"suggested lr {suggestion:.4g} -> {format_lr(suggestion)}")
+
+        values = list(dict.fromkeys(format_lr(r.suggestion) for r in results if r.suggestion is not None))
+        command = sweep_command(values, overrides) if values else None
+        summary = _summary(cfg, results, values, command, out_dir)
+        with open(out_dir / "suggestions.yaml", "w") as f:
+            f.write("# LR range test suggestions (find_lr.py). Sweep them with:\n")
+            f.write(f"#   {command}\n" if command else "#   (none: every run failed)\n")
+            yaml.safe_dump(summary, f, sort_keys=False, width=10_000)
+        (out_dir / "history.json").write_text(json.dumps(
+            [{"run": r.index, "seed": r.seed, "lr": r.lrs, "loss": r.losses, "suggested_lr": r.suggestion}
+             for r in results]))
+        plots.save(plots.lr_finder_summary_figure(
+            {f"run {r.index} (seed {r.seed})": {"lr": r.lrs, "loss": r.losses, "suggestion": r.suggestion}
+             for r in results}, log_lr=lcfg.step_mode == "exp", skip_start=lcfg.skip_start, skip_end=lcfg.skip_end,
+            title=f"LR range test: {cfg.model._target_.rsplit('.', 1)[-1]}, {cfg.optimizer._target_.rsplit('.', 1)[-1]}"),
+            out_dir / "lr_finder_summary.png")
+        for name in ["suggestions.yaml", "history.json", "lr_finder_summary.png",
+                     *(p.name for r in results for p in r.files.values())]:
+            mlflow.log_artifact(str(out_dir / name), "lr_finder")
+        if values:
+            mlflow.log_param("suggested_lrs", ",".join(values))
+            mlflow.set_tag("sweeplab.next_command", command)
+        else:
+            raise NoSuggestionError(f"no suggestion from {len(results)} run(s): {results[0].message}")
+    log.info(f"suggestions {', '.join(values)} written to {out_dir / 'suggestions.yaml'}; "
+             f"MLflow run {run.info.run_id} (experiment {cfg.tracking.experiment}). Sweep them with:")
+    return summary
+
+
+def _summary(cfg: DictConfig, results: list[RunResult], values: list[str], command: str | None, out_dir: Path) -> dict:
+    lcfg = cfg.lr_finder
+    return {
+        "command": command,
+        "override": f"optimizer.lr={','.join(values)}" if values else None,
+        "suggested_lrs": [float(v) for v in values],
+        "runs": [{"run": r.index, "seed": r.seed,
+                  "suggested_lr": float(format_lr(r.suggestion)) if r.suggestion is not None else None,
+                  "suggested_lr_exact": r.suggestion, "steps": len(r.lrs), "stopped_early": r.stopped_early,
+                  "seconds": round(r.seconds, 2), "message": r.message,
+                  **{k: p.name for k, p in r.files.items()}} for r in results],
+        "range_test": OmegaConf.to_container(lcfg, resolve=True),
+        "model": cfg.model._target_, "optimizer": cfg.optimizer._target_,
+        "output_dir": str(out_dir),
+    }
+
+
+def main(cfg: DictConfig) -> dict | None:
+    """The task function behind find_lr.py: one-line errors; the last line printed is the sweep command."""
+    try:
+        summary = find(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except NoSuggestionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    print(summary["command"], flush=True)
+    return summary
