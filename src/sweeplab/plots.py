@@ -86,3 +86,87 @@ def lr_finder_summary_figure(runs: dict[str, dict], log_lr: bool = True, skip_st
 def save(fig: Figure, path) -> None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# -- image grids (explain.py) ---------------------------------------------------------------------
+TILE_INCHES = (2.0, 2.4)  # one titled image tile: width, height (the title takes two lines)
+HEADER_INCHES = 0.6       # room for the figure's title above the tiles
+
+
+def grid_figsize(rows: int, cols: int) -> tuple[float, float]:
+    """The size of an image grid of rows x cols titled tiles; at save()'s 100 dpi, 100 px per inch."""
+    return cols * TILE_INCHES[0], rows * TILE_INCHES[1] + HEADER_INCHES
+
+
+def _grid(rows: int, cols: int, title: str | None):
+    width, height = grid_figsize(rows, cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
+    title_room, bottom = 0.45, 0.1  # inches: two lines of tile title, a margin below the last row
+    axes_height = (height - HEADER_INCHES - title_room - bottom - (rows - 1) * title_room) / rows
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=bottom / height,
+                        top=1 - (HEADER_INCHES + title_room) / height, wspace=0.08,
+                        hspace=title_room / axes_height)
+    for ax in axes.flat:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize="medium", y=1 - 0.15 / height, va="top")
+    return fig, axes
+
+
+def image_grid_figure(images, titles, rows: int, cols: int, title: str | None = None) -> Figure:
+    """HWC images (uint8 or float in [0, 1]) in a rows x cols grid, filled row by row, each titled."""
+    fig, axes = _grid(rows, cols, title)
+    for ax, image, name in zip(axes.flat, images, titles):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(name, fontsize="small")
+    return fig
+
+
+def image_heatmap_pairs_figure(images, heatmaps, titles, cols: int, title: str | None = None) -> Figure:
+    """Each image beside its heat map (values in [0, 1]): ``cols`` pairs per row."""
+    rows = max(1, -(-len(images) // cols))
+    fig, axes = _grid(rows, 2 * cols, title)
+    for i, (image, heat, name) in enumerate(zip(images, heatmaps, titles)):
+        raw, cam = axes[i // cols, 2 * (i % cols)], axes[i // cols, 2 * (i % cols) + 1]
+        raw.imshow(image, interpolation="nearest")
+        raw.set_title(name, fontsize="small")
+        cam.imshow(heat, cmap="jet", vmin=0.0, vmax=1.0, interpolation="bilinear")
+        cam.set_title("heat map", fontsize="small")
+    return fig
+
+
+def confusion_figure(matrix, classes, title: str | None = None) -> Figure:
+    """Confusion matrix (rows: true class, columns: predicted) beside the per-class accuracy."""
+    import numpy as np
+
+    matrix = np.asarray(matrix)
+    totals = matrix.sum(1)
+    per_class = np.divide(np.diag(matrix), totals, out=np.zeros(len(matrix)), where=totals > 0)
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(14, 6.5), gridspec_kw={"width_ratios": [1.35, 1]})
+    ax.imshow(matrix, cmap="Blues")
+    n = len(classes)
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    high = matrix.max() / 2 if matrix.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize="x-small",
+                    color="white" if matrix[i, j] > high else "black")
+    ax.set_title("Confusion matrix")
+    bars.barh(range(n), 100 * per_class, color="tab:blue")
+    bars.set_yticks(range(n), classes)
+    bars.invert_yaxis()
+    bars.set_xlim(0, 110)
+    bars.set_xlabel("%")
+    for i, acc in enumerate(per_class):
+        bars.text(100 * acc + 1, i, f"{100 * acc:.1f}%", va="center", fontsize="small")
+    overall = np.trace(matrix) / max(1, matrix.sum())
+    bars.axvline(100 * overall, color="tab:red", linestyle="--", label=f"overall {100 * overall:.2f}%")
+    bars.legend(loc="lower right", fontsize="small")
+    bars.set_title("Per-class accuracy")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,17 @@
+"""Explain a trained run: GradCAM++ on its misclassified test images. ``python explain.py``
+picks the best run of the latest sweep; ``run_id=<id>`` a given one. See README.md."""
+import hydra
+from omegaconf import DictConfig
+
+import sweeplab  # noqa: F401  (registers the config resolvers)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="explain")
+def main(cfg: DictConfig) -> None:
+    from sweeplab.explain import main as explain  # imported here so --help stays fast
+
+    explain(cfg)
+
+
+if __name__ == "__main__":
+    main()

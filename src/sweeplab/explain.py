@@ -1,0 +1,328 @@
+"""Adapter over pytorch-grad-cam: the best run of a sweep -> its checkpoint and saved config -> the
+model rebuilt as it was trained -> GradCAM++ on its misclassified test images -> figures, saved
+locally and logged back to the run."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from sweeplab import checkpoint, plots, tracking
+from sweeplab.data import DeviceLoader, load_dataset
+from sweeplab.engine import Trainer
+from sweeplab.settings import ConfigError, resolve_device
+
+log = logging.getLogger(__name__)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in the console log
+
+CONFIG_ARTIFACT = "config/config.yaml"
+CHECKPOINT_ARTIFACT = "checkpoints/best.pt"
+ARTIFACT_DIR = "explain"
+FILES = {"grid": "misclassified_grid.png", "pairs": "misclassified_heatmaps.png",
+         "confusion": "confusion_matrix.png", "cams": "cams.npz", "summary": "summary.json"}
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+TARGETS = ("predicted", "true")
+
+
+class ExplainError(ConfigError):
+    """Something explain.py cannot work with: reported as one line."""
+
+
+class NothingToExplain(ExplainError):
+    """The model classifies every test image correctly."""
+
+
+def main(cfg: DictConfig) -> None:
+    """The task function behind explain.py: one-line errors, non-zero exit code."""
+    try:
+        explain(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+# -- options ------------------------------------------------------------------------------------
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower().replace("++", "plusplus"))
+
+
+def cam_methods() -> dict[str, type]:
+    """pytorch-grad-cam's CAM classes by normalized name: gradcamplusplus, gradcam, eigencam, ..."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.base_cam import BaseCAM
+
+    return {_key(name): cls for name, cls in vars(pytorch_grad_cam).items()
+            if isinstance(cls, type) and issubclass(cls, BaseCAM) and cls is not BaseCAM}
+
+
+def method_names() -> list[str]:
+    return sorted("gradcam++" if k == "gradcamplusplus" else k for k in cam_methods())
+
+
+def cam_method(name: str) -> type:
+    methods = cam_methods()
+    if _key(name) not in methods:
+        raise ExplainError(f"method={name!r} is not a pytorch-grad-cam method; use one of {', '.join(method_names())}")
+    return methods[_key(name)]
+
+
+def target_of(cfg: DictConfig) -> str:
+    """``target=true`` reaches the config as the YAML boolean."""
+    return "true" if cfg.target is True else str(cfg.target)
+
+
+def check_options(cfg: DictConfig) -> None:
+    """Everything about the command's own options, before the store is touched."""
+    for key, minimum in (("num_images", 1), ("cols", 1), ("batch_size", 1)):
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ExplainError(f"{key}={value!r} must be an integer >= {minimum}")
+    if cfg.rows is not None:
+        if isinstance(cfg.rows, bool) or not isinstance(cfg.rows, int) or cfg.rows < 1:
+            raise ExplainError(f"rows={cfg.rows!r} must be an integer >= 1 (or null)")
+        if cfg.rows * cfg.cols < cfg.num_images:
+            raise ExplainError(f"a {cfg.rows}x{cfg.cols} grid holds fewer than num_images={cfg.num_images} "
+                               f"images; set rows=null or a larger grid")
+    if cfg.direction not in ("max", "min"):
+        raise ExplainError(f"direction={cfg.direction!r} must be max or min")
+    if target_of(cfg) not in TARGETS:
+        raise ExplainError(f"target={cfg.target!r} must be predicted or true")
+    for key in ("run_id", "sweep", "metric"):
+        if cfg[key] is not None and not re.fullmatch(r"[\w.\-:/ ]+", str(cfg[key])):
+            raise ExplainError(f"{key}={cfg[key]!r} contains characters an MLflow id or metric name cannot")
+    cam_method(cfg.method)
+
+
+# -- which run ----------------------------------------------------------------------------------
+def pick_run(cfg: DictConfig):
+    """``run_id``, else the best FINISHED run of the chosen sweep by ``metric``."""
+    uri = tracking.store_uri(cfg.tracking)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    try:
+        if cfg.run_id:
+            try:
+                return client.get_run(str(cfg.run_id))
+            except mlflow.exceptions.MlflowException:
+                raise ExplainError(f"no run {cfg.run_id} in the MLflow store {uri}") from None
+        exp = client.get_experiment_by_name(cfg.tracking.experiment)
+        if exp is None or not client.search_runs([exp.experiment_id], max_results=1):
+            raise ExplainError(f"no runs in experiment {cfg.tracking.experiment!r} of the MLflow store {uri}; "
+                               f"train some first (python train.py -m ...) or point tracking.store_dir at the store")
+        sweep = str(cfg.sweep) if cfg.sweep is not None else "all"
+        if sweep == "latest":
+            sweep = tracking.latest_sweep(exp.experiment_id) or "all"
+            log.info(f"latest sweep: {sweep}" if sweep != "all" else "no sweeps in the store: choosing among all runs")
+        sweep_id = None if sweep == "all" else sweep
+        if sweep_id and not tracking.sweep_runs(exp.experiment_id, sweep_id):
+            raise ExplainError(f"no runs of sweep {sweep_id} in experiment {cfg.tracking.experiment!r} ({uri})")
+        run = tracking.best_run(exp.experiment_id, str(cfg.metric), cfg.direction, sweep_id)
+        if run is None:
+            where = f"sweep {sweep_id}" if sweep_id else f"experiment {cfg.tracking.experiment!r}"
+            raise ExplainError(f"no FINISHED run of {where} records the metric {cfg.metric!r}")
+        return run
+    except mlflow.exceptions.MlflowException as err:
+        raise ExplainError(f"MLflow store {uri} is not usable: {str(err).splitlines()[0]}") from None
+
+
+def _download(run, artifact: str, dst: str) -> Path:
+    folder, _, name = artifact.rpartition("/")
+    try:
+        listed = {Path(f.path).name for f in MlflowClient().list_artifacts(run.info.run_id, folder)}
+    except (mlflow.exceptions.MlflowException, OSError):
+        listed = set()
+    if name not in listed:
+        raise ExplainError(f"run {run.info.run_id} ({run.info.run_name}) has no {artifact} artifact"
+                           + (" (it ended before its first checkpoint?)" if artifact == CHECKPOINT_ARTIFACT else ""))
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=artifact, dst_path=dst))
+    except (mlflow.exceptions.MlflowException, OSError) as err:
+        raise ExplainError(f"cannot download {artifact} of run {run.info.run_id}: {str(err).splitlines()[0]}") from None
+
+
+# -- the model as it was trained ----------------------------------------------------------------
+def rebuild_model(saved: DictConfig, state: dict, run_id: str) -> nn.Module:
+    """The saved config's model node, instantiated, with the checkpoint's weights (strictly)."""
+    try:
+        model = instantiate(saved.model)
+    except Exception as err:  # a _target_ that no longer exists, a bad argument
+        raise ExplainError(f"cannot rebuild the model of run {run_id} from its saved config: "
+                           f"{str(err).splitlines()[0]}") from None
+    weights = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        described = OmegaConf.to_container(saved.model, resolve=True)
+        raise ExplainError(f"the checkpoint of run {run_id} does not fit the model its config describes "
+                           f"({described}): {detail[:300]}") from None
+    return model
+
+
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    """``layerN`` -> that stage's last block; ``stem`` -> the stem's batch norm; else a module path."""
+    name = str(name)
+    match = re.fullmatch(r"(\w+)\[(-?\d+)\]", name)  # layer4[-1]
+    if match:
+        name = f"{match[1]}.{int(match[2]) % len(getattr(model, match[1], [None]))}"
+    if name == "stem" and hasattr(model, "bn1"):
+        return model.bn1
+    stage = getattr(model, name, None) if "." not in name else None
+    if isinstance(stage, nn.Sequential) and len(stage):
+        return stage[-1]
+    try:
+        module = model.get_submodule(name)
+        if module is not model:
+            return module
+    except AttributeError:
+        pass
+    valid = [s for s in STAGES
+             if (s == "stem" and hasattr(model, "bn1")) or isinstance(getattr(model, s, None), nn.Sequential)]
+    raise ExplainError(f"target_layer={name!r} is not a layer of {type(model).__name__}; use one of "
+                       f"{', '.join(valid)} (a stage's last block) or a module path such as layer4.1.conv2")
+
+
+def load_test_set(saved: DictConfig, where: DictConfig):
+    """The saved run's test split; ``where`` (the command's data.npz / data.root) says where it lives now."""
+    d = saved.data
+    if where.get("npz"):
+        d.npz = str(where.npz)
+    if where.get("root"):
+        d.root = str(where.root)
+        if not where.get("npz"):
+            d.npz = None
+    try:
+        root, npz, download, test_limit = d.root, d.npz, d.download, d.test_limit
+    except Exception as err:  # an interpolation that no longer resolves here
+        raise ExplainError(f"the run's data config does not resolve here ({str(err).splitlines()[0]}); "
+                           f"set data.npz=... or data.root=...") from None
+    data = load_dataset(root, npz, download, train_limit=1, test_limit=test_limit, val_split=0)
+    if len(data.classes) != int(d.num_classes):
+        raise ExplainError(f"the data has {len(data.classes)} classes but the run was trained on {d.num_classes}")
+    return data
+
+
+# -- the explanation ----------------------------------------------------------------------------
+@dataclass
+class Explanation:
+    run_id: str
+    out_dir: Path
+    files: dict[str, Path]
+    misclassified: int
+    total: int
+    test_acc: float
+
+
+def compute_cams(model: nn.Module, layer: nn.Module, method: type, x: torch.Tensor, targets: list[int],
+                 chunk: int = 64) -> np.ndarray:
+    """(N, H, W) heat maps in [0, 1], one per image, for the class ``targets[i]``."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    maps = []
+    with method(model=model, target_layers=[layer]) as cam:
+        for start in range(0, len(x), chunk):
+            outputs = [ClassifierOutputTarget(int(t)) for t in targets[start:start + chunk]]
+            maps.append(cam(input_tensor=x[start:start + chunk], targets=outputs))
+    return np.concatenate(maps).astype(np.float32)
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    if cfg.output_dir:
+        return Path(cfg.output_dir).expanduser().resolve()
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path.cwd() / "explain"
+
+
+def explain(cfg: DictConfig) -> Explanation:
+    check_options(cfg)
+    method = cam_method(cfg.method)
+    device = resolve_device(cfg.device)
+    run = pick_run(cfg)
+    run_id, metric_value = run.info.run_id, run.data.metrics.get(str(cfg.metric))
+    log.info(f"explaining run {run_id} ({run.info.run_name}, {run.info.status}"
+             + (f", {cfg.metric}={metric_value:.4f})" if metric_value is not None else ")"))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = OmegaConf.load(_download(run, CONFIG_ARTIFACT, tmp))
+        saved.pop("defaults", None)
+        state = checkpoint.load(_download(run, CHECKPOINT_ARTIFACT, tmp), map_location="cpu")
+    model = rebuild_model(saved, state, run_id).to(device).eval()
+    layer = resolve_layer(model, cfg.target_layer)
+
+    data = load_test_set(saved, cfg.data)
+    trained_size = run.data.tags.get("sweeplab.data.test_size")
+    if trained_size and int(trained_size) != len(data.test):
+        log.warning(f"the run was evaluated on {trained_size} test images; this data has {len(data.test)}")
+    loader = DeviceLoader(data.test, cfg.batch_size, device, list(saved.data.mean), list(saved.data.std))
+    result = Trainer(model, None, None, loader, device=device).evaluate(loader)
+    preds, labels = result["preds"].cpu(), loader.labels.cpu()
+    wrong = torch.nonzero(preds != labels).flatten()
+    log.info(f"test accuracy {result['correct']}/{result['total']} ({100 * result['acc']:.2f}%), "
+             f"{len(wrong)} misclassified")
+    if not len(wrong):
+        raise NothingToExplain(f"run {run_id} classifies all {len(labels)} test images correctly: "
+                               f"nothing to explain, nothing written")
+
+    idx = wrong[:cfg.num_images]
+    targets = (preds if target_of(cfg) == "predicted" else labels)[idx].tolist()
+    x = loader.normalize(data.test.images[idx].to(device))
+    cams = compute_cams(model, layer, method, x, targets)
+    files = write_outputs(cfg, run, data.classes, data.test.images[idx], idx, preds, labels, targets, cams, result)
+    if cfg.log_artifacts:
+        client = MlflowClient()
+        for path in files.values():
+            client.log_artifact(run_id, str(path), ARTIFACT_DIR)
+        log.info(f"logged {len(files)} files to MLflow run {run_id} under {ARTIFACT_DIR}/")
+    print(f"explained {len(idx)} of {len(wrong)} misclassified test images of run {run_id}: "
+          f"{files['grid'].parent}")
+    return Explanation(run_id, files["grid"].parent, files, len(wrong), len(labels), result["acc"])
+
+
+def write_outputs(cfg: DictConfig, run, classes, images, idx, preds, labels, targets, cams, result) -> dict[str, Path]:
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    out = output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {k: out / v for k, v in FILES.items()}
+    run_id, n = run.info.run_id, len(idx)
+
+    rgb = [img.permute(1, 2, 0).numpy().astype(np.float32) / 255 for img in images]
+    overlays = [show_cam_on_image(image, cam, use_rgb=True) for image, cam in zip(rgb, cams)]
+    titles = [f"Predicted: {classes[preds[i]]}\nActual: {classes[labels[i]]}" for i in idx.tolist()]
+    rows = cfg.rows or -(-n // cfg.cols)
+    what = f"{cfg.method} on {cfg.target_layer}, {target_of(cfg)} class"
+    head = f"run {run.info.run_name or run_id[:8]} ({run_id[:8]}), test acc {100 * result['acc']:.2f}%"
+    plots.save(plots.image_grid_figure(overlays, titles, rows, cfg.cols, f"{what}\n{head}"), files["grid"])
+    plots.save(plots.image_heatmap_pairs_figure(rgb, cams, titles, cfg.cols, f"{what}\n{head}"), files["pairs"])
+
+    k = len(classes)
+    matrix = torch.bincount(labels * k + preds, minlength=k * k).view(k, k).numpy()
+    plots.save(plots.confusion_figure(matrix, classes, head), files["confusion"])
+    np.savez_compressed(files["cams"], index=idx.numpy(), label=labels[idx].numpy(), pred=preds[idx].numpy(),
+                        target=np.asarray(targets, dtype=np.int64), cam=cams,
+                        test_preds=preds.numpy(), test_labels=labels.numpy())
+    per_class = {c: float(matrix[i, i] / max(1, matrix[i].sum())) for i, c in enumerate(classes)}
+    summary = {"run_id": run_id, "run_name": run.info.run_name, "metric": str(cfg.metric),
+               "metric_value": run.data.metrics.get(str(cfg.metric)), "method": str(cfg.method),
+               "target_layer": str(cfg.target_layer), "target": target_of(cfg), "grid": [rows, cfg.cols],
+               "test_acc": result["acc"], "test_images": int(len(labels)),
+               "misclassified": int((preds != labels).sum()),
+               "explained": n, "per_class_acc": per_class, "confusion": matrix.tolist()}
+    files["summary"].write_text(json.dumps(summary, indent=2) + "\n")
+    return files
