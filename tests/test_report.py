@@ -1,0 +1,140 @@
+"""The sweep report: written by the multirun callback, on demand, and logged to MLflow."""
+import csv
+import statistics
+
+import pytest
+
+from tiny_sweeps import run_sweep, two_run_sweep
+
+from sweeplab import report as rp
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, tiny_npz):
+    s = two_run_sweep(tmp_path_factory, tiny_npz)
+    assert s["result"].returncode == 0, s["result"].stderr[-3000:]
+    return s
+
+
+@pytest.fixture(scope="module")
+def failed_sweep(tmp_path_factory, tiny_npz):
+    # lr=1e6 drives the training loss to NaN within the epoch's 10 steps: that job's run ends FAILED.
+    return run_sweep("one_failed", tmp_path_factory.getbasetemp(), tiny_npz,
+                     "optimizer.lr=0.05,1e6", "trainer.epochs=1", "trainer.batch_size=10")
+
+
+def job_runs(s):
+    client = s["client"]
+    runs = client.search_runs([s["experiment"].experiment_id], "tags.`sweeplab.sweep` LIKE '%'",
+                              order_by=["attributes.start_time ASC"])
+    return runs
+
+
+def report_runs(s):
+    return s["client"].search_runs([s["experiment"].experiment_id], "tags.`sweeplab.kind` = 'report'")
+
+
+def read_csv(s):
+    (sweep_dir,) = s["sweep_dirs"]
+    with open(sweep_dir / "report" / "comparison.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_multirun_writes_the_report_into_its_sweep_folder(sweep):
+    (sweep_dir,) = sweep["sweep_dirs"]
+    files = {p.name for p in (sweep_dir / "report").iterdir()}
+    assert files == {"comparison.png", "comparison.md", "comparison.csv"}
+    assert (sweep_dir / "report" / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| optimizer.lr=0.05 |" in sweep["result"].stdout  # the table is printed too
+
+
+def test_figure_has_four_axes_with_one_line_per_run(sweep):
+    sweep_id = job_runs(sweep)[0].data.tags["sweeplab.sweep"]
+    report = rp.build_report(sweep["experiment"].experiment_id, sweep_id, log_to_mlflow=False,
+                             client=sweep["client"])
+    axes = report.figure.axes
+    assert [ax.get_title() for ax in axes] == ["Test accuracy", "Test loss", "Train accuracy", "Train loss"]
+    for ax in axes:
+        assert len(ax.get_lines()) == 2
+        assert [list(line.get_xdata()) for line in ax.get_lines()] == [[1, 2], [1, 2]]
+    legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert legend == ["optimizer.lr=0.05", "optimizer.lr=0.02"]
+    # The plotted test accuracy is MLflow's history, in percent.
+    client, runs = sweep["client"], job_runs(sweep)
+    for line, run in zip(axes[0].get_lines(), runs):
+        history = client.get_metric_history(run.info.run_id, "test_acc")
+        assert list(line.get_ydata()) == [100 * m.value for m in sorted(history, key=lambda m: m.step)]
+
+
+def test_table_rows_match_the_runs_mlflow_metrics(sweep):
+    client, runs, rows = sweep["client"], job_runs(sweep), read_csv(sweep)
+    assert [r["run_id"] for r in rows] == [r.info.run_id for r in runs]
+    for row, run in zip(rows, runs):
+        m, history = run.data.metrics, {k: sorted(client.get_metric_history(run.info.run_id, k), key=lambda x: x.step)
+                                        for k in ("lr", "images_per_sec")}
+        assert row["run"] == run.info.run_name
+        assert row["overrides"] == run.data.tags["sweeplab.overrides"]
+        assert row["status"] == "FINISHED" and row["failure"] == ""
+        assert float(row["best_test_acc"]) == m["best_test_acc"]
+        assert int(row["best_epoch"]) == m["best_epoch"]
+        assert row["epochs_to_target"] == ("" if "epochs_to_target" not in m else str(int(m["epochs_to_target"])))
+        assert float(row["target_acc"]) == 0.88
+        assert float(row["final_lr"]) == history["lr"][-1].value == float(run.data.params["optimizer.lr"])
+        assert float(row["wall_time_s"]) == (run.info.end_time - run.info.start_time) / 1000
+        assert float(row["images_per_sec"]) == pytest.approx(
+            statistics.fmean(x.value for x in history["images_per_sec"]), rel=1e-12)
+    (sweep_dir,) = sweep["sweep_dirs"]
+    markdown = (sweep_dir / "report" / "comparison.md").read_text()
+    for run in runs:
+        pct = f"{100 * run.data.metrics['best_test_acc']:.2f}%"
+        line = next(x for x in markdown.splitlines() if x.startswith(f"| {run.info.run_name} |"))
+        assert f"| FINISHED | {pct} | {int(run.data.metrics['best_epoch'])} |" in line
+
+
+def test_report_run_holds_the_report_and_no_metrics(sweep):
+    client = sweep["client"]
+    (run,) = report_runs(sweep)
+    sweep_id = job_runs(sweep)[0].data.tags["sweeplab.sweep"]
+    assert run.data.tags["sweeplab.report_for"] == sweep_id
+    assert "sweeplab.sweep" not in run.data.tags  # a sweep filter lists the training runs only
+    assert run.data.metrics == {} and run.data.params == {}
+    assert run.info.status == "FINISHED" and run.info.run_name == f"report {sweep_id}"
+    paths = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    assert paths == {"report/comparison.png", "report/comparison.md", "report/comparison.csv"}
+    assert "| optimizer.lr=0.02 |" in run.data.tags["mlflow.note.content"]
+
+
+def test_on_demand_report_reuses_the_report_run(sweep, tmp_path, capsys):
+    out = tmp_path / "again"
+    assert rp.main(["sweep=latest", f"tracking.store_dir={sweep['store']}", f"out={out}"]) == 0
+    assert "| optimizer.lr=0.05 |" in capsys.readouterr().out
+    with open(out / "comparison.csv") as f:
+        again = list(csv.DictReader(f))
+    assert [{k: v for k, v in r.items()} for r in again] == read_csv(sweep)
+    assert len(report_runs(sweep)) == 1
+
+
+def test_on_demand_report_of_an_unknown_sweep_is_one_line(sweep, capsys):
+    assert rp.main(["sweep=nope", f"tracking.store_dir={sweep['store']}", "no_mlflow=true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no runs of sweep nope")
+
+
+def test_a_sweep_with_a_failed_run_still_reports(failed_sweep):
+    result = failed_sweep["result"]
+    assert result.returncode == 1, result.stderr[-3000:]  # the failure still sets the exit code
+    runs = {float(r.data.params["optimizer.lr"]): r for r in job_runs(failed_sweep)}
+    bad = runs[1e6].info.run_name  # Hydra spells the value its own way (1000000.0)
+    assert f"did not finish: {bad} (FAILED)" in result.stderr
+    rows = {r["run"]: r for r in read_csv(failed_sweep)}
+    assert rows["optimizer.lr=0.05"]["status"] == "FINISHED"
+    failed = rows[bad]
+    assert failed["status"] == "FAILED" and "NonFiniteLossError" in failed["failure"]
+    assert failed["failure"] == runs[1e6].data.tags["sweeplab.failure"]
+    assert failed["best_test_acc"] == "" and failed["final_lr"] == ""  # it never finished an epoch
+    (sweep_dir,) = failed_sweep["sweep_dirs"]
+    markdown = (sweep_dir / "report" / "comparison.md").read_text()
+    assert f"| {bad} | `{bad}` | **FAILED** |" in markdown
+    assert "Best: **optimizer.lr=0.05**" in markdown
+    (run,) = report_runs(failed_sweep)
+    assert run.data.tags["sweeplab.report.failed"] == "1"
