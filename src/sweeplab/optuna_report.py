@@ -1,0 +1,111 @@
+"""The Hydra callback that goes with the Optuna sweeper (conf/hparams_search/*.yaml).
+
+- Run names: each trial's MLflow run is named after the searched values (``optimizer.lr=...``).
+- Failed trials: a job that fails returns NaN (see sweeplab.run); Optuna 2.x refuses to be told
+  NaN, and the plugin then crashes the whole study. The callback turns such a job into a failed
+  Hydra job, which the sweeper records as a FAIL trial, so the study goes on.
+- The result: the best params and value are printed and logged to MLflow as one run, named
+  ``optuna <sweep id>``, with the sweeper's ``optimization_results.yaml`` and a table of all trials;
+  the best trial's own run gets the tag ``sweeplab.optuna.best=true``.
+
+The study itself lives in memory (Optuna 2.x cannot store it in SQL under SQLAlchemy 2): every
+trial is a complete MLflow run, which is the durable record.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import mlflow
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from sweeplab import tracking
+from sweeplab.run import SWEEP_ENV, SWEPT_ENV
+
+log = logging.getLogger(__name__)
+
+STUDY_TAG = "sweeplab.optuna.sweep"  # on the summary run: the sweep id of the study's trials
+BEST_TAG = "sweeplab.optuna.best"    # on the best trial's run
+RESULTS_FILE = "optimization_results.yaml"  # written by the sweeper into the sweep folder
+
+
+class TrialFailed(RuntimeError):
+    """What the sweeper sees instead of a NaN objective."""
+
+
+class OptunaReport(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        searched = list((config.hydra.sweeper.get("params") or {}).keys())
+        swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k]
+        os.environ[SWEPT_ENV] = ",".join(dict.fromkeys(swept + searched))
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
+        value = job_return._return_value
+        if job_return.status == JobStatus.COMPLETED and isinstance(value, float) and math.isnan(value):
+            job_return.status = JobStatus.FAILED
+            job_return.return_value = TrialFailed("the job failed (its MLflow run says why); trial marked FAIL")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        path = Path(config.hydra.sweep.dir) / RESULTS_FILE
+        if not path.is_file():
+            log.warning(f"no {path}: the study ended without a result")
+            return
+        results = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        sweep_id = os.environ.get(SWEEP_ENV)
+        best_run = None
+        try:
+            best_run = log_study(config, results, path, sweep_id)
+        except Exception as err:  # the result is on disk and printed below; MLflow is a bonus here
+            log.error(f"could not log the Optuna result to MLflow: {str(err).splitlines()[0]}")
+        if "best_params" in results:
+            params = " ".join(f"{k}={v}" for k, v in results["best_params"].items())
+            where = f" (MLflow run {best_run})" if best_run else ""
+            print(f"optuna: best {config.objective} = {results['best_value']:.4f}{where} with {params}", flush=True)
+        else:
+            print(f"optuna: {len(results.get('solutions', []))} Pareto-optimal solutions in {path}", flush=True)
+
+
+def _direction(config: DictConfig) -> str:
+    direction = config.hydra.sweeper.get("direction", "maximize")
+    return "max" if str(getattr(direction, "name", direction)) == "maximize" else "min"
+
+
+def log_study(config: DictConfig, results: dict, results_path: Path, sweep_id: str | None) -> str | None:
+    """One MLflow run that holds the study's outcome; returns the best trial's run id (if known)."""
+    experiment_id = tracking.setup(config.tracking)
+    runs = tracking.sweep_runs(experiment_id, sweep_id) if sweep_id else []
+    objective = str(config.objective)
+    scored = [r for r in runs if r.info.status == "FINISHED" and objective in r.data.metrics]
+    best = None
+    if scored and "best_params" in results:
+        pick = max if _direction(config) == "max" else min
+        best = pick(scored, key=lambda r: r.data.metrics[objective])
+        MlflowClient().set_tag(best.info.run_id, BEST_TAG, "true")
+
+    searched = list((config.hydra.sweeper.get("params") or {}).keys())
+    table = ["run_id,status," + ",".join(searched) + f",{objective}"]
+    for r in runs:
+        values = [r.data.params.get(k, "") for k in searched]
+        table.append(",".join([r.info.run_id, r.info.status, *values, str(r.data.metrics.get(objective, ""))]))
+
+    tags = {STUDY_TAG: sweep_id or "", "sweeplab.optuna.objective": objective,
+            "sweeplab.optuna.direction": _direction(config)}
+    if best is not None:
+        tags["sweeplab.optuna.best_run"] = best.info.run_id
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"optuna {sweep_id or ''}".strip(), tags=tags):
+        params = {f"best.{k}": str(v) for k, v in results.get("best_params", {}).items()}
+        params.update({"n_trials": str(len(runs)),
+                       "search_space": "; ".join(f"{k}: {v}" for k, v in
+                                                 (config.hydra.sweeper.get("params") or {}).items())[:6000]})
+        mlflow.log_params(params)
+        if "best_value" in results:
+            mlflow.log_metric("optuna.best_value", float(results["best_value"]))
+        mlflow.log_metric("optuna.finished_trials", float(sum(r.info.status == "FINISHED" for r in runs)))
+        mlflow.log_artifact(str(results_path), "optuna")
+        mlflow.log_text("\n".join(table) + "\n", "optuna/trials.csv")
+    return best.info.run_id if best is not None else None
