@@ -1,0 +1,336 @@
+"""Scale-out: Hydra launchers (submitit_local, joblib), the Optuna sweeper, and a real `mlflow server`
+with proxied artifacts, backed by SQLite and by PostgreSQL.
+
+The servers are started once for the module, side by side, and always stopped. PostgreSQL comes from
+the system (Debian: /usr/lib/postgresql/*/bin, installed by .ci/install-postgres.sh); where it cannot
+be started the PostgreSQL test is skipped with the reason, unless SWEEPLAB_REQUIRE_POSTGRES=1 (CI).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY, run_entry
+
+pytestmark = pytest.mark.slow
+
+ONE_EPOCH = [*TINY, "trainer.epochs=1", "trainer.checkpoint_every=0"]
+# Two jobs share the machine's cores: one thread each keeps them from fighting.
+PARALLEL_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a process started in its own session, with everything it spawned."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+
+
+# ----------------------------------------------------------------------------------------------
+# PostgreSQL: a private cluster on 127.0.0.1, in a temp folder, for this test session only.
+
+def _pg_bindir() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(os.path.realpath(found)).parent
+    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(Path(d).parent.name or 0))
+    return Path(dirs[-1]) if dirs else None
+
+
+def _start_postgres() -> tuple[str, callable]:
+    """Start PostgreSQL; return (SQLAlchemy URI of an empty database, stop function). Raises RuntimeError."""
+    try:
+        import psycopg  # noqa: F401  (SQLAlchemy 2.1's driver for postgresql:// URIs)
+    except ImportError:
+        raise RuntimeError("psycopg is not installed (pip install -r requirements.txt)") from None
+    bindir = _pg_bindir()
+    if bindir is None or not (bindir / "pg_ctl").exists():
+        raise RuntimeError("PostgreSQL is not installed (no initdb/pg_ctl; bash .ci/install-postgres.sh installs it)")
+    base = Path(tempfile.mkdtemp(prefix="sweeplab-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: run the server as an unprivileged user
+        user = next((u for u in ("postgres", "nobody") if _user_exists(u)), None)
+        runuser = shutil.which("runuser")
+        if user is None or runuser is None:
+            raise RuntimeError("running as root, and no 'postgres'/'nobody' user or runuser to drop to")
+        entry = pwd.getpwnam(user)
+        os.chown(base, entry.pw_uid, entry.pw_gid)
+        as_user = [runuser, "-u", user, "--"]
+    port, data, log = free_port(), base / "data", base / "server.log"
+
+    def run(*cmd, timeout=60):
+        res = subprocess.run([*as_user, *map(str, cmd)], capture_output=True, text=True, timeout=timeout,
+                             cwd=base)
+        if res.returncode:
+            tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["?"]
+            raise RuntimeError(f"{Path(str(cmd[0])).name} failed: {tail[0]}")
+
+    def stop():
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=30, cwd=base)
+        shutil.rmtree(base, ignore_errors=True)
+
+    try:
+        run(bindir / "initdb", "-D", data, "-U", "mlflow", "--auth=trust", "-E", "UTF8", "--no-sync")
+        opts = f"-h 127.0.0.1 -p {port} -k {base} -c fsync=off -c full_page_writes=off"
+        run(bindir / "pg_ctl", "-D", data, "-o", opts, "-l", log, "-w", "-t", "60", "start", timeout=90)
+        run(bindir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "mlflow", "mlflow")
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
+        stop()
+        raise RuntimeError(str(err)) from None
+    return f"postgresql://mlflow@127.0.0.1:{port}/mlflow", stop
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# MLflow servers with proxied artifacts.
+
+class Server:
+    def __init__(self, backend: str, folder: Path):
+        self.port, self.folder = free_port(), folder
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.artifacts = folder / "artifacts"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.log = open(folder / "server.log", "w")
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no background job runner
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+             "--serve-artifacts", "--artifacts-destination", str(self.artifacts),
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=folder)
+
+    def wait(self, timeout: float = 150) -> None:
+        import requests
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                if requests.get(self.uri + "/health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        log = (self.folder / "server.log").read_text()[-2000:]
+        raise RuntimeError(f"mlflow server on {self.uri} did not come up:\n{log}")
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """{'sqlite': Server, 'postgresql': Server or the reason there is none}; both started side by side."""
+    base = tmp_path_factory.mktemp("servers")
+    started, stops = {}, []
+    try:
+        started["sqlite"] = Server(f"sqlite:///{base / 'sqlite' / 'mlflow.db'}", base / "sqlite")
+        try:
+            pg_uri, pg_stop = _start_postgres()
+            stops.append(pg_stop)
+            started["postgresql"] = Server(pg_uri, base / "postgresql")
+        except RuntimeError as err:
+            if os.environ.get("SWEEPLAB_REQUIRE_POSTGRES") == "1":
+                pytest.fail(f"PostgreSQL could not be started: {err}")
+            started["postgresql"] = f"PostgreSQL could not be started: {err}"
+        for server in started.values():
+            if isinstance(server, Server):
+                server.wait()
+        yield started
+    finally:
+        for server in started.values():
+            if isinstance(server, Server):
+                server.stop()
+        for stop in stops:
+            stop()
+
+
+def _server(servers, backend: str) -> Server:
+    server = servers[backend]
+    if isinstance(server, str):
+        pytest.skip(server)
+    return server
+
+
+def _client(server: Server):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=server.uri)
+
+
+def _runs(server: Server, experiment: str):
+    client = _client(server)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment} on {server.uri}"
+    return exp, client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def _check_sweep(server: Server, experiment: str, result, n: int, lrs: list[str]):
+    """n FINISHED runs of one sweep, with per-epoch metrics and artifacts the server holds itself."""
+    assert result.returncode == 0, result.stderr[-3000:]
+    exp, runs = _runs(server, experiment)
+    assert exp.artifact_location.startswith("mlflow-artifacts:"), exp.artifact_location  # proxied
+    runs = [r for r in runs if "sweeplab.sweep" in r.data.tags]  # not the sweep's report run
+    assert len(runs) == n and {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags["sweeplab.sweep"] for r in runs}) == 1
+    assert sorted(r.data.params["optimizer.lr"] for r in runs) == sorted(lrs)
+    client = _client(server)
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "test_acc")
+        assert [m.step for m in history] == [1]
+        assert "best_test_acc" in run.data.metrics and "train_loss" in run.data.metrics
+        names = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
+        assert {"config/config.yaml", "config/resolved.yaml", "config/overrides.txt"} <= names
+        assert client.list_artifacts(run.info.run_id, "plots"), "the curves figure was uploaded"
+        # Downloaded through the server, and stored in the server's folder, not the job's.
+        local = client.download_artifacts(run.info.run_id, "config/overrides.txt", str(server.folder / "dl"))
+        assert f"optimizer.lr={run.data.params['optimizer.lr']}" in Path(local).read_text()
+    stored = {p.name for p in server.artifacts.rglob("*") if p.is_file()}
+    assert {"config.yaml", "overrides.txt", "curves.png"} <= stored
+
+
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_submitit_local_sweep_logs_to_a_server(servers, workdir, backend):
+    server = _server(servers, backend)
+    experiment = f"submitit_{backend}"
+    result = run_entry("train.py", "-m", "hydra/launcher=submitit_local", f"tracking.uri={server.uri}",
+                       f"tracking.experiment={experiment}", *workdir["overrides"], *ONE_EPOCH,
+                       "optimizer.lr=0.02,0.01", env=PARALLEL_ENV, timeout=240)
+    _check_sweep(server, experiment, result, 2, ["0.02", "0.01"])
+    assert not (workdir["store"] / "mlflow.db").exists(), "nothing went to the local store"
+
+
+def test_joblib_sweep_finds_the_server_through_the_environment(servers, workdir):
+    server = _server(servers, "sqlite")
+    result = run_entry("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                       "tracking.experiment=joblib", *workdir["overrides"], *ONE_EPOCH, "optimizer.lr=0.03,0.005",
+                       env={"MLFLOW_TRACKING_URI": server.uri, **PARALLEL_ENV}, timeout=240)
+    _check_sweep(server, "joblib", result, 2, ["0.03", "0.005"])
+
+
+def test_optuna_study_each_trial_a_run_best_params_logged(servers, workdir):
+    server = _server(servers, "sqlite")
+    fixed = [o for o in ONE_EPOCH if not o.startswith("trainer.batch_size=")]
+    result = run_entry("train.py", "-m", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=3",
+                       "hydra.sweeper.sampler.n_startup_trials=2", f"tracking.uri={server.uri}",
+                       "tracking.experiment=optuna", *workdir["overrides"], *fixed,
+                       "trainer.batch_size=choice(50,100)", timeout=240)  # replaces the config's choices
+    assert result.returncode == 0, result.stderr[-3000:]
+    best_line = [line for line in result.stdout.splitlines() if line.startswith("optuna: best best_test_acc = ")]
+    assert len(best_line) == 1, result.stdout[-2000:]
+
+    _, runs = _runs(server, "optuna")
+    trials = [r for r in runs if "sweeplab.sweep" in r.data.tags]
+    summary = [r for r in runs if "sweeplab.optuna.sweep" in r.data.tags]
+    assert len(trials) == 3 and {r.info.status for r in trials} == {"FINISHED"}
+    assert len({r.data.params["optimizer.lr"] for r in trials}) == 3  # three different suggestions
+    for r in trials:  # run names carry the searched values
+        assert r.info.run_name.startswith("optimizer.lr="), r.info.run_name
+        assert 1e-4 <= float(r.data.params["optimizer.lr"]) <= 1e-1
+        assert r.data.params["trainer.batch_size"] in ("50", "100")
+
+    assert len(summary) == 1
+    study = summary[0]
+    assert study.info.status == "FINISHED"
+    assert study.data.tags["sweeplab.optuna.sweep"] == trials[0].data.tags["sweeplab.sweep"]
+    best = max(trials, key=lambda r: r.data.metrics["best_test_acc"])
+    assert study.data.metrics["optuna.best_value"] == pytest.approx(best.data.metrics["best_test_acc"])
+    assert {"best.optimizer.lr", "best.optimizer.weight_decay", "best.trainer.batch_size"} <= set(study.data.params)
+    best_run = study.data.tags["sweeplab.optuna.best_run"]
+    assert _client(server).get_run(best_run).data.tags["sweeplab.optuna.best"] == "true"
+    assert study.data.params["best.optimizer.lr"] in best_line[0]
+    names = {a.path for a in _client(server).list_artifacts(study.info.run_id, "optuna")}
+    assert {"optuna/optimization_results.yaml", "optuna/trials.csv"} <= names
+
+
+def test_a_dead_server_fails_fast_before_any_training(workdir):
+    dead = f"http://127.0.0.1:{free_port()}"
+    start = time.time()
+    result = run_entry("train.py", f"tracking.uri={dead}", *workdir["overrides"], *ONE_EPOCH, timeout=120)
+    took = time.time() - start
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: MLflow server") and dead in errors[0], result.stderr
+    assert "not reachable" in errors[0]
+    assert "Test set:" not in result.stdout + result.stderr and not (workdir["tmp"] / "checkpoints").exists()
+    assert took < 60, f"took {took:.0f} s"  # interpreter start-up included; the probe itself is <= 5 s
+
+
+# ----------------------------------------------------------------------------------------------
+# In-process: the probe and the shipped configs.
+
+def test_probe_names_the_store_and_hides_the_password():
+    from sweeplab.settings import ConfigError
+    from sweeplab.tracking import check_reachable
+
+    port = free_port()
+    start = time.time()
+    with pytest.raises(ConfigError, match=rf"MLflow server http://127.0.0.1:{port} is not reachable"):
+        check_reachable(f"http://127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match=r"postgresql://u:\*\*\*@127.0.0.1") as err:
+        check_reachable(f"postgresql://u:secret@127.0.0.1:{port}/db")
+    assert "secret" not in str(err.value)
+    assert time.time() - start < 5
+    check_reachable("sqlite:///nowhere/mlflow.db")  # local stores are not probed
+
+
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_slurm_preset_extends_the_plugin_config():
+    cfg = _compose("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=30")
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.timeout_min, launcher.gpus_per_task) == ("gpu", 30, 1)
+    assert launcher.array_parallelism > 0 and launcher.mem_gb > 0
+    plain = _compose("hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu").hydra.launcher
+    assert plain.partition == "gpu" and plain.gpus_per_task is None  # the plugin's own defaults
+
+
+def test_optuna_search_space_lives_in_one_config():
+    cfg = _compose("hparams_search=optuna_lr")
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.storage is None
+    assert str(sweeper.direction) in ("maximize", "Direction.maximize")
+    assert sweeper.params["optimizer.lr"].startswith("tag(log")
+    assert sweeper.params["optimizer.weight_decay"].startswith("tag(log")
+    assert sweeper.params["trainer.batch_size"].startswith("choice(")
+    assert "optuna_report" in cfg.hydra.callbacks and "sweep" in cfg.hydra.callbacks
