@@ -164,7 +164,8 @@ class RunResult:
     seconds: float
     stopped_early: bool  # fewer steps than num_iter: the loss diverged (or became NaN)
     message: str | None = None  # why there is no suggestion
-    files: dict[str, Path] = field(default_factory=dict)
+    at_edge: bool = False  # the suggestion is the first or last lr the rule looks at
+    files: dict[str, Path] = field(default_factory=dict)  # figure, history
 
 
 @contextlib.contextmanager
@@ -239,6 +240,13 @@ def range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criteri
         finder.reset()
 
 
+def at_window_edge(lrs: list[float], suggestion: float | None, skip_start: int, skip_end: int) -> bool:
+    """Whether the suggestion is the first or last lr of the window the library's rule looks at: then
+    the loss did not clearly fall inside the range, and the 'steepest descent' is only its least rise."""
+    window = lrs[skip_start:len(lrs) - skip_end]
+    return suggestion is not None and bool(window) and suggestion in (window[0], window[-1])
+
+
 # -- formatting and the sweep command ------------------------------------------------------------------
 def format_lr(value: float) -> str:
     """3 significant digits in the seed's style: 0.01 -> 1e-2, 0.009326 -> 9.33e-3."""
@@ -258,8 +266,10 @@ def sweep_command(values: list[str], overrides: list[str]) -> str:
     run (store, paths, data file, device) are left out; model, optimizer, data limits, batch size and
     so on are kept, since the suggestion is only valid for them.
     """
-    keep = [o for o in overrides
-            if not (_key(o).startswith("lr_finder") or _key(o) == "optimizer.lr" or _key(o).startswith(ENVIRONMENT_KEYS))]
+    def dropped(key: str) -> bool:
+        return key.startswith("lr_finder") or key == "optimizer.lr" or key.startswith(ENVIRONMENT_KEYS)
+
+    keep = [o for o in overrides if not dropped(_key(o))]
     return " ".join(["python train.py -m", *(shlex.quote(o) for o in keep), "optimizer.lr=" + ",".join(values)])
 
 
@@ -309,23 +319,22 @@ def find(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     run could suggest an lr.
     """
     validate(cfg)
-    lcfg, t = cfg.lr_finder, cfg.trainer
+    lcfg, t, d = cfg.lr_finder, cfg.trainer, cfg.data
     device = resolve_device(t.device)
-    d = cfg.data
     data = load_dataset(d.root, d.npz, d.download, d.train_limit, d.test_limit, d.val_split)
     if t.batch_size > len(data.train):
         raise ConfigError(f"trainer.batch_size={t.batch_size} is larger than the {len(data.train)} training images")
-    precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     channels_last = t.channels_last if t.channels_last != "auto" else device.type == "cuda"
-    progress = sys.stderr.isatty() if t.progress is None else bool(t.progress)
+    settings = dict(device=device, precision=t.precision if t.precision != "auto" else
+                    ("bf16" if device.type == "cuda" else "fp32"),
+                    progress=sys.stderr.isatty() if t.progress is None else bool(t.progress))
     out_dir = Path(out_dir) if out_dir else _output_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     experiment_id = tracking.setup(cfg.tracking)
     train_loader, val_loader = _loaders(cfg, data, device, channels_last)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=float(t.label_smoothing))
     overrides = _overrides()
-    git = tracking.git_state()
-    tags = {**tracking.tags_for(cfg, overrides, None, git), "sweeplab.task": "lr_finder"}
+    tags = {**tracking.tags_for(cfg, overrides, None, tracking.git_state()), "sweeplab.task": "lr_finder"}
     run_name = "lr_finder " + (" ".join(o for o in overrides if not _key(o).startswith(ENVIRONMENT_KEYS)) or "defaults")
     val_desc = "training batch" if val_loader is None else f"{len(val_loader.labels)} {_val_source(lcfg)} images"
     log.info(f"LR range test: {lcfg.runs} run(s), lr {lcfg.start_lr:g} .. {lcfg.end_lr:g} in {lcfg.num_iter} "
@@ -336,68 +345,91 @@ def find(cfg: DictConfig, out_dir: Path | None = None) -> dict:
         tracking.log_params(tracking.flatten(cfg))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
         mlflow.log_text("\n".join(overrides) + "\n", "config/overrides.txt")
-        client = MlflowClient()
         for i in range(lcfg.runs):
             seed = int(lcfg.seed) + i
             seed_everything(seed, t.deterministic)
-            model, optimizer = _fresh(cfg, device, channels_last)
+            model, optimizer = _fresh(cfg, device, channels_last)  # never the objects a training run uses
             train_loader.seed = seed
-            fig = plots.lr_finder_run_figure()
-            started = time.perf_counter()
-            history, suggestion, message = range_test(model, optimizer, criterion, train_loader, val_loader, lcfg,
-                                                      device=device, precision=precision, progress=progress,
-                                                      ax=fig.axes[0])
-            seconds = time.perf_counter() - started
-            result = RunResult(i, seed, history["lr"], history["loss"], suggestion, seconds,
-                               len(history["lr"]) < lcfg.num_iter, message)
+            result = _one_run(i, seed, model, optimizer, criterion, train_loader, val_loader, lcfg, out_dir, **settings)
             del model, optimizer
-            title = (f"run {i} (seed {seed}): suggested lr {format_lr(suggestion)}" if suggestion is not None
-                     else f"run {i} (seed {seed}): no suggestion")
-            result.files["figure"] = out_dir / f"run{i}_lr_finder.png"
-            plots.finish_lr_finder_run_figure(fig, result.files["figure"], title, suggestion)
-            result.files["history"] = out_dir / f"run{i}_history.csv"
-            _write_history(result, result.files["history"])
+            _log_run(result, lcfg, run.info.run_id)
             results.append(result)
-            now = int(time.time() * 1000)
-            metrics = [Metric(f"run{i}_loss", v, now, s) for s, v in enumerate(result.losses)]
-            metrics.append(Metric(f"run{i}_seconds", seconds, now, 0))
-            if suggestion is not None:
-                metrics += [Metric(f"run{i}_suggested_lr", suggestion, now, 0), Metric("suggested_lr", suggestion, now, i)]
-            for k in range(0, len(metrics), 1000):
-                client.log_batch(run.info.run_id, metrics=metrics[k:k + 1000])
-            if message:
-                log.warning(f"run {i} (seed {seed}): {message}")
-            else:
-                log.info(f"run {i} (seed {seed}): {len(result.lrs)} steps in {seconds:.1f} s"
-                         f"{' (stopped early: the loss diverged)' if result.stopped_early else ''}, "
-                         f"suggested lr {suggestion:.4g} -> {format_lr(suggestion)}")
 
         values = list(dict.fromkeys(format_lr(r.suggestion) for r in results if r.suggestion is not None))
         command = sweep_command(values, overrides) if values else None
         summary = _summary(cfg, results, values, command, out_dir)
-        with open(out_dir / "suggestions.yaml", "w") as f:
-            f.write("# LR range test suggestions (find_lr.py). Sweep them with:\n")
-            f.write(f"#   {command}\n" if command else "#   (none: every run failed)\n")
-            yaml.safe_dump(summary, f, sort_keys=False, width=10_000)
-        (out_dir / "history.json").write_text(json.dumps(
-            [{"run": r.index, "seed": r.seed, "lr": r.lrs, "loss": r.losses, "suggested_lr": r.suggestion}
-             for r in results]))
-        plots.save(plots.lr_finder_summary_figure(
-            {f"run {r.index} (seed {r.seed})": {"lr": r.lrs, "loss": r.losses, "suggestion": r.suggestion}
-             for r in results}, log_lr=lcfg.step_mode == "exp", skip_start=lcfg.skip_start, skip_end=lcfg.skip_end,
-            title=f"LR range test: {cfg.model._target_.rsplit('.', 1)[-1]}, {cfg.optimizer._target_.rsplit('.', 1)[-1]}"),
-            out_dir / "lr_finder_summary.png")
+        _write_outputs(cfg, results, summary, out_dir)
         for name in ["suggestions.yaml", "history.json", "lr_finder_summary.png",
                      *(p.name for r in results for p in r.files.values())]:
             mlflow.log_artifact(str(out_dir / name), "lr_finder")
-        if values:
-            mlflow.log_param("suggested_lrs", ",".join(values))
-            mlflow.set_tag("sweeplab.next_command", command)
-        else:
+        if not values:
             raise NoSuggestionError(f"no suggestion from {len(results)} run(s): {results[0].message}")
+        mlflow.log_param("suggested_lrs", ",".join(values))
+        mlflow.set_tag("sweeplab.next_command", command)
     log.info(f"suggestions {', '.join(values)} written to {out_dir / 'suggestions.yaml'}; "
              f"MLflow run {run.info.run_id} (experiment {cfg.tracking.experiment}). Sweep them with:")
     return summary
+
+
+def _one_run(i: int, seed: int, model, optimizer, criterion, train_loader, val_loader, lcfg: DictConfig,
+             out_dir: Path, **settings) -> RunResult:
+    """One range test with its figure (the library's plot, titled) and history file."""
+    fig = plots.lr_finder_run_figure()
+    started = time.perf_counter()
+    history, suggestion, message = range_test(model, optimizer, criterion, train_loader, val_loader, lcfg,
+                                              ax=fig.axes[0], **settings)
+    seconds = time.perf_counter() - started
+    result = RunResult(i, seed, history["lr"], history["loss"], suggestion, seconds,
+                       stopped_early=len(history["lr"]) < lcfg.num_iter, message=message,
+                       at_edge=at_window_edge(history["lr"], suggestion, lcfg.skip_start, lcfg.skip_end))
+    verdict = f"suggested lr {format_lr(suggestion)}" if suggestion is not None else "no suggestion"
+    title = f"run {i} (seed {seed}): {verdict}"
+    result.files["figure"] = out_dir / f"run{i}_lr_finder.png"
+    plots.finish_lr_finder_run_figure(fig, result.files["figure"], title, suggestion)
+    result.files["history"] = out_dir / f"run{i}_history.csv"
+    _write_history(result, result.files["history"])
+    return result
+
+
+def _log_run(r: RunResult, lcfg: DictConfig, run_id: str) -> None:
+    """Console lines and MLflow metrics of one range test (its loss curve as run<i>_loss, step = iteration)."""
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"run{r.index}_loss", v, now, s) for s, v in enumerate(r.losses)]
+    metrics.append(Metric(f"run{r.index}_seconds", r.seconds, now, 0))
+    if r.suggestion is not None:
+        metrics += [Metric(f"run{r.index}_suggested_lr", r.suggestion, now, 0),
+                    Metric("suggested_lr", r.suggestion, now, r.index)]
+    for k in range(0, len(metrics), 1000):  # MLflow's batch limit
+        MlflowClient().log_batch(run_id, metrics=metrics[k:k + 1000])
+    name = f"run {r.index} (seed {r.seed})"
+    if r.message:
+        log.warning(f"{name}: {r.message}")
+        return
+    log.info(f"{name}: {len(r.lrs)} steps in {r.seconds:.1f} s"
+             f"{' (stopped early: the loss diverged)' if r.stopped_early else ''}, "
+             f"suggested lr {r.suggestion:.4g} -> {format_lr(r.suggestion)}")
+    if r.at_edge:
+        log.warning(f"{name}: the suggestion is at the edge of the window the rule looks at (steps "
+                    f"{lcfg.skip_start}..{len(r.lrs) - lcfg.skip_end - 1}): the loss did not fall inside the range; "
+                    f"try more steps (lr_finder.num_iter), a lower lr_finder.start_lr or lr_finder.val=none")
+
+
+def _write_outputs(cfg: DictConfig, results: list[RunResult], summary: dict, out_dir: Path) -> None:
+    """suggestions.yaml, history.json (every run) and the summary figure."""
+    lcfg = cfg.lr_finder
+    with open(out_dir / "suggestions.yaml", "w") as f:
+        f.write("# LR range test suggestions (find_lr.py). Sweep them with:\n")
+        f.write(f"#   {summary['command']}\n" if summary["command"] else "#   (none: no run gave a suggestion)\n")
+        yaml.safe_dump(summary, f, sort_keys=False, width=10_000)
+    (out_dir / "history.json").write_text(json.dumps(
+        [{"run": r.index, "seed": r.seed, "lr": r.lrs, "loss": r.losses, "suggested_lr": r.suggestion}
+         for r in results]))
+    curves = {f"run {r.index} (seed {r.seed})": {"lr": r.lrs, "loss": r.losses, "suggestion": r.suggestion}
+              for r in results}
+    name = f"{cfg.model._target_.rsplit('.', 1)[-1]}, {cfg.optimizer._target_.rsplit('.', 1)[-1]}"
+    fig = plots.lr_finder_summary_figure(curves, log_lr=lcfg.step_mode == "exp", skip_start=lcfg.skip_start,
+                                         skip_end=lcfg.skip_end, title=f"LR range test: {name}")
+    plots.save(fig, out_dir / "lr_finder_summary.png")
 
 
 def _summary(cfg: DictConfig, results: list[RunResult], values: list[str], command: str | None, out_dir: Path) -> dict:
@@ -408,7 +440,8 @@ def _summary(cfg: DictConfig, results: list[RunResult], values: list[str], comma
         "suggested_lrs": [float(v) for v in values],
         "runs": [{"run": r.index, "seed": r.seed,
                   "suggested_lr": float(format_lr(r.suggestion)) if r.suggestion is not None else None,
-                  "suggested_lr_exact": r.suggestion, "steps": len(r.lrs), "stopped_early": r.stopped_early,
+                  "suggested_lr_exact": r.suggestion, "at_edge": r.at_edge, "steps": len(r.lrs),
+                  "stopped_early": r.stopped_early,
                   "seconds": round(r.seconds, 2), "message": r.message,
                   **{k: p.name for k, p in r.files.items()}} for r in results],
         "range_test": OmegaConf.to_container(lcfg, resolve=True),
