@@ -5,7 +5,7 @@ from omegaconf import DictConfig
 import sweeplab  # noqa: F401  (registers the config resolvers)
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     from sweeplab.run import main as run  # imported here so --help stays fast
 

@@ -53,12 +53,18 @@ def workdir(tmp_path, tiny_npz) -> dict:
     }
 
 
+def entry_env(**extra: str) -> dict:
+    """The environment for an entry point: no inherited store or data, one thread per process
+    (tiny models gain nothing from more, and parallel jobs must not oversubscribe 2 cores)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "SWEEPLAB_CIFAR10_NPZ")}
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
 def run_entry(script: str, *args: str, env: dict | None = None, timeout: int = 300, cwd=None):
     """Run ``python <script> args...`` from another working directory, as a user would."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "SWEEPLAB_CIFAR10_NPZ")}
-    full_env.update(PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, cwd=cwd or ROOT.parent)
+                          timeout=timeout, env=entry_env(**(env or {})), cwd=cwd or ROOT.parent)
 
 
 def mlflow_client(store: Path):

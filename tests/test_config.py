@@ -17,7 +17,7 @@ GROUPS = ["model", "optimizer", "scheduler", "augmentation", "data", "trainer", 
 
 def cfg_with(*overrides):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        return compose("train", overrides=list(overrides))
 
 
 def options(group):

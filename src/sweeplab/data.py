@@ -130,20 +130,28 @@ class Augment:
         return torch.cat([F.pad(c.float(), (p, p, p, p), mode="reflect").to(torch.uint8)
                           for c in images.split(chunk)])
 
-    def __call__(self, padded: torch.Tensor, idx: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
-        """Crop a ``size`` square at a random offset out of each padded image ``padded[idx]``, then flip."""
-        n, dev = len(idx), padded.device
-        if self.crop_padding:
-            span = 2 * self.crop_padding + 1
-            dy = torch.randint(0, span, (n,), device=dev, generator=gen)
-            dx = torch.randint(0, span, (n,), device=dev, generator=gen)
-            ar = torch.arange(size, device=dev)
-            rows = (dy[:, None] + ar)[:, None, :, None]
-            cols = (dx[:, None] + ar)[:, None, None, :]
-            chans = torch.arange(padded.shape[1], device=dev)[None, :, None, None]
-            x = padded[idx[:, None, None, None], chans, rows, cols]  # one gather: (n, C, size, size)
-        else:
-            x = padded[idx]
+    def __call__(self, padded: torch.Tensor, idx: torch.Tensor, size: int, gen: torch.Generator,
+                 chunk: int = 10_000) -> torch.Tensor:
+        """Random ``size`` crops of ``padded[idx]``, randomly mirrored, in the order of ``idx``.
+
+        Applied to a whole epoch at once (as airbench does): a few large masked copies, one per
+        row offset and one per column offset, instead of per-image work or a per-batch gather.
+        """
+        return torch.cat([self._crop_flip(padded[part], size, gen) for part in idx.split(chunk)])
+
+    def _crop_flip(self, x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+        n, c, dev, p = len(x), x.shape[1], x.device, self.crop_padding
+        if p:
+            dy = torch.randint(0, 2 * p + 1, (n,), device=dev, generator=gen)
+            dx = torch.randint(0, 2 * p + 1, (n,), device=dev, generator=gen)
+            rows = torch.empty((n, c, size, x.shape[3]), dtype=x.dtype, device=dev)
+            for off in range(2 * p + 1):
+                m = dy == off
+                rows[m] = x[m, :, off:off + size, :]
+            x = torch.empty((n, c, size, size), dtype=x.dtype, device=dev)
+            for off in range(2 * p + 1):
+                m = dx == off
+                x[m] = rows[m, :, :, off:off + size]
         if self.flip:
             mask = torch.rand(n, device=dev, generator=gen) < 0.5
             x = torch.where(mask[:, None, None, None], x.flip(3), x)
@@ -181,7 +189,7 @@ class DeviceLoader:
         self.epoch = epoch
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() - self.mean) / self.std
+        x = x.float().sub_(self.mean).div_(self.std)  # in place: one float tensor per batch
         return x.contiguous(memory_format=self.memory_format)
 
     def __iter__(self):
@@ -190,10 +198,9 @@ class DeviceLoader:
         gen.manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(n, device=self.device, generator=gen) if self.shuffle else \
             torch.arange(n, device=self.device)
+        epoch_images = self.augment(self.images, order, self.size, gen) if self.augment else None
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            if self.augment:
-                x = self.augment(self.images, idx, self.size, gen)
-            else:
-                x = self.images[idx]
+            batch = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx = order[batch]
+            x = epoch_images[batch] if epoch_images is not None else self.images[idx]
             yield self.normalize(x), self.labels[idx]

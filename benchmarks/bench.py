@@ -1,0 +1,180 @@
+"""Speed, measured side by side in one process, so a busy machine slows both sides alike.
+
+    python benchmarks/bench.py                    # CPU ratios: data path, engine overhead, MLflow cost
+    python benchmarks/bench.py --npz cifar10.npz  # the same on real images (default: random images)
+    python benchmarks/bench.py --device cuda --width 64   # the same on a GPU, full ResNet-18
+
+Each comparison alternates its two sides for several rounds and reports the median ratio, so a
+burst of load elsewhere hits both sides. Targets (issue "Fast training path"): data path >= 10x a
+torchvision DataLoader with PIL transforms, engine <= 1.10x a bare PyTorch loop, MLflow logging
+<= 1.02x an epoch without it.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sweeplab import tracking
+from sweeplab.data import Augment, DeviceLoader, Split, load_dataset
+from sweeplab.engine import Trainer
+from sweeplab.models import resnet18
+
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def images(args) -> Split:
+    if args.npz:
+        return load_dataset(".", args.npz, train_limit=args.images).train
+    g = torch.Generator().manual_seed(0)
+    return Split(torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g),
+                 torch.randint(0, 10, (args.images,), generator=g))
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def side_by_side(a, b, rounds: int) -> tuple[float, float, float]:
+    """Median seconds of a and of b, alternating, and the median of the per-round ratios b/a."""
+    ta, tb = [], []
+    for _ in range(rounds):
+        ta.append(timed(a))
+        tb.append(timed(b))
+    return statistics.median(ta), statistics.median(tb), statistics.median(y / x for x, y in zip(ta, tb))
+
+
+class Batches:
+    """The same precomputed batches every epoch, shaped like a DeviceLoader for the Trainer."""
+
+    def __init__(self, batches):
+        self.batches = batches
+        self.labels = torch.cat([y for _, y in batches])
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def set_epoch(self, epoch):
+        pass
+
+
+def bench_data(split: Split, device, batch: int, rounds: int) -> float:
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms
+    from PIL import Image
+
+    hwc = split.images.permute(0, 2, 3, 1).numpy()
+    pil = transforms.Compose([transforms.RandomCrop(32, padding=2, padding_mode="reflect"),
+                              transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                              transforms.Normalize(MEAN, STD)])
+
+    class PILSet(Dataset):
+        def __len__(self):
+            return len(hwc)
+
+        def __getitem__(self, i):
+            return pil(Image.fromarray(hwc[i])), int(split.labels[i])
+
+    baseline = DataLoader(PILSet(), batch_size=batch, shuffle=True, num_workers=0)
+    ours = DeviceLoader(split, batch, device, MEAN, STD, augment=Augment(2, "reflect", True), shuffle=True)
+
+    def drain(loader):
+        def run():
+            for x, _ in loader:
+                pass
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        return run
+
+    t_ours, t_base, ratio = side_by_side(drain(ours), drain(baseline), rounds)
+    n = len(split)
+    print(f"(1) data path: on-device {n / t_ours:,.0f} img/s vs DataLoader+PIL {n / t_base:,.0f} img/s "
+          f"-> {ratio:.1f}x faster  [target >= 10x]")
+    return ratio
+
+
+def bench_engine(split: Split, device, batch: int, width: int, steps: int, rounds: int) -> float:
+    loader = DeviceLoader(split, batch, device, MEAN, STD, augment=Augment(2, "reflect", True), shuffle=True)
+    batches = [b for _, b in zip(range(steps), loader)]
+    torch.manual_seed(0)
+    model = resnet18(width=width).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def bare():
+        model.train()
+        for x, y in batches:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    trainer = Trainer(model, opt, Batches(batches), None, device=device, progress=False)
+    bare()  # warm-up
+    t_bare, t_ours, ratio = side_by_side(bare, lambda: trainer.train_epoch(1), rounds)
+    print(f"(2) training step: engine {steps * batch / t_ours:,.0f} img/s vs bare loop "
+          f"{steps * batch / t_bare:,.0f} img/s -> overhead {ratio:.3f}x  [target <= 1.10x]")
+    return ratio
+
+
+def bench_mlflow(split: Split, device, batch: int, width: int, steps: int, rounds: int) -> float:
+    loader = DeviceLoader(split, batch, device, MEAN, STD, augment=Augment(2, "reflect", True), shuffle=True)
+    batches = [b for _, b in zip(range(steps), loader)]
+    test = Batches(batches[:2])
+    model = resnet18(width=width).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    with tempfile.TemporaryDirectory() as tmp:
+        from omegaconf import OmegaConf
+        import mlflow
+
+        experiment = tracking.setup(OmegaConf.create({"uri": None, "store_dir": tmp, "experiment": "bench"}))
+        with mlflow.start_run(experiment_id=experiment) as run:
+            logged = Trainer(model, opt, Batches(batches), test, device=device, progress=False,
+                             callbacks=[tracking.MlflowLogger(run.info.run_id)])
+            bare = Trainer(model, opt, Batches(batches), test, device=device, progress=False)
+
+            def epoch(trainer):
+                def run_one():
+                    trainer.epoch = 0
+                    trainer.history.clear()
+                    trainer.fit(1)
+                return run_one
+
+            t_bare, t_logged, ratio = side_by_side(epoch(bare), epoch(logged), rounds)
+    print(f"(3) epoch with MLflow logging {t_logged:.2f} s vs without {t_bare:.2f} s -> {ratio:.4f}x  "
+          f"[target <= 1.02x]")
+    return ratio
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--npz", help="a cifar10.npz copy (default: random uint8 images)")
+    p.add_argument("--images", type=int, default=5000, help="images for the data-path comparison")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--width", type=int, default=16, help="ResNet-18 width for (2) and (3) (64 = full)")
+    p.add_argument("--steps", type=int, default=12, help="training steps per round in (2) and (3)")
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    split = images(args)
+    print(f"sweeplab benchmark: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+          f"torch {torch.__version__}, {'real' if args.npz else 'random'} images, batch 128, ResNet-18 width {args.width}")
+    bench_data(split, device, 128, args.rounds)
+    bench_engine(split, device, 128, args.width, args.steps, args.rounds)
+    bench_mlflow(split, device, 128, args.width, args.steps, args.rounds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Reproduce a run, resume it after a kill, and never lose a run: subprocesses on tiny data."""
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.artifacts import download_artifacts
+
+from conftest import ROOT, TINY, entry_env, mlflow_client, run_entry
+
+EPOCHS = 4
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_npz):
+    tmp = tmp_path_factory.mktemp("repro")
+    overrides = [*TINY, f"trainer.epochs={EPOCHS}", f"tracking.store_dir={tmp / 'mlruns'}",
+                 f"paths.log_dir={tmp / 'outputs'}", f"paths.checkpoint_dir={tmp / 'ck'}", f"data.npz={tiny_npz}"]
+    return {"tmp": tmp, "overrides": overrides, "client": lambda: mlflow_client(tmp / "mlruns")}
+
+
+def runs_of(store):
+    client = store["client"]()
+    return client, client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
+
+
+def metrics_of(client, run_id):
+    out = {}
+    for key in METRICS:
+        history = client.get_metric_history(run_id, key)
+        steps = [m.step for m in history]
+        assert len(steps) == len(set(steps)), f"{key} logged twice for one epoch"
+        out[key] = [m.value for m in sorted(history, key=lambda m: m.step)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(store):
+    """One uninterrupted run: the yardstick for reproduction and resumption."""
+    result = run_entry("train.py", *store["overrides"], "tracking.run_name=reference")
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, runs = runs_of(store)
+    run = next(r for r in runs if r.info.run_name == "reference")
+    return run.info.run_id, metrics_of(client, run.info.run_id)
+
+
+def test_reproduce_from_run_id_gives_identical_metrics(store, reference):
+    run_id, expected = reference
+    result = run_entry("train.py", f"reproduce={run_id}", *store["overrides"][-4:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, runs = runs_of(store)
+    rerun = next(r for r in runs if r.data.tags.get("sweeplab.reproduces") == run_id)
+    assert metrics_of(client, rerun.info.run_id) == expected
+    assert rerun.data.params["optimizer.lr"] == client.get_run(run_id).data.params["optimizer.lr"]
+
+
+def test_reproduce_from_saved_config_folder_with_hydra(store, reference, tmp_path):
+    run_id, expected = reference
+    folder = download_artifacts(run_id=run_id, artifact_path="config", dst_path=str(tmp_path),
+                                tracking_uri=f"sqlite:///{store['tmp'] / 'mlruns' / 'mlflow.db'}")
+    result = run_entry("train.py", "--config-dir", folder, "--config-name", "config",
+                       "tracking.run_name=from-folder", *store["overrides"][-4:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, runs = runs_of(store)
+    rerun = next(r for r in runs if r.info.run_name == "from-folder")
+    assert metrics_of(client, rerun.info.run_id) == expected
+
+
+def _wait_for_epoch(client, run_name, epoch, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        runs = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id],
+                                  f"attributes.run_name = '{run_name}'") if client.get_experiment_by_name(
+            "cifar10") else []
+        if runs and any(m.step >= epoch for m in client.get_metric_history(runs[0].info.run_id, "test_acc")):
+            return runs[0].info.run_id
+        time.sleep(0.2)
+    raise AssertionError(f"epoch {epoch} never logged")
+
+
+def _start(overrides, *extra):
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *overrides, *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=entry_env())
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(store, reference):
+    _, expected = reference
+    proc = _start(store["overrides"], "tracking.run_name=killed")
+    run_id = _wait_for_epoch(store["client"](), "killed", 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    client = store["client"]()
+    assert client.get_run(run_id).info.status == "RUNNING"  # a killed process cannot say otherwise
+    result = run_entry("train.py", f"resume={run_id}", *store["overrides"][-4:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert metrics_of(client, run_id) == expected  # same final metrics, one value per epoch
+
+
+def test_ctrl_c_marks_the_run_killed_and_keeps_its_checkpoint(store):
+    proc = _start(store["overrides"], "tracking.run_name=interrupted", "trainer.epochs=50")
+    run_id = _wait_for_epoch(store["client"](), "interrupted", 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "resume" in err
+    run = store["client"]().get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert (store["tmp"] / "ck" / run_id / "last.pt").is_file()
+
+
+def test_truncated_checkpoint_is_a_clear_error(store, reference):
+    run_id, _ = reference
+    last = store["tmp"] / "ck" / run_id / "last.pt"
+    data = last.read_bytes()
+    try:
+        last.write_bytes(data[: len(data) // 3])
+        result = run_entry("train.py", f"resume={run_id}", "trainer.epochs=6", *store["overrides"][-4:])
+    finally:
+        last.write_bytes(data)
+    assert result.returncode == 2
+    assert str(last) in result.stderr and "corrupt or truncated" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert store["client"]().get_run(run_id).info.status == "FINISHED"  # the run is left as it was
+
+
+def test_nan_loss_fails_its_job_and_the_sweep_goes_on(store):
+    result = run_entry("train.py", "-m", "optimizer.lr=0.05,1e12,0.02", "trainer.epochs=1",
+                       *store["overrides"])
+    assert result.returncode == 1
+    client, runs = runs_of(store)
+    sweep = [r for r in runs if r.data.tags.get("sweeplab.sweep")]
+    by_lr = {float(r.data.params["optimizer.lr"]): r for r in sweep}
+    assert {lr: r.info.status for lr, r in by_lr.items()} == {0.05: "FINISHED", 1e12: "FAILED", 0.02: "FINISHED"}
+    assert "NonFiniteLossError" in by_lr[1e12].data.tags["sweeplab.failure"]
+    assert "did not finish" in result.stderr
+
+
+def test_four_concurrent_jobs_share_one_new_store(tmp_path, tiny_npz):
+    overrides = [*TINY, "trainer.epochs=2", f"tracking.store_dir={tmp_path / 'mlruns'}",
+                 f"paths.log_dir={tmp_path / 'outputs'}", f"paths.checkpoint_dir={tmp_path / 'ck'}",
+                 f"data.npz={tiny_npz}"]
+    procs = [_start(overrides, f"trainer.seed={i}", f"tracking.run_name=job{i}") for i in range(4)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    for proc, err in zip(procs, errors):
+        assert proc.returncode == 0, err[-2000:]
+        assert "database is locked" not in err
+    client = mlflow_client(tmp_path / "mlruns")
+    runs = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["job0", "job1", "job2", "job3"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        for key in METRICS:
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2]
