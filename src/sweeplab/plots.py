@@ -1,11 +1,14 @@
 """Matplotlib figures: training curves, LR-finder plots, image grids."""
 from __future__ import annotations
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only: never open a window
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 CURVES = (("test_acc", "Test accuracy"), ("test_loss", "Test loss"),
           ("train_acc", "Train accuracy"), ("train_loss", "Train loss"))
@@ -34,6 +37,25 @@ def curves_figure(histories: dict[str, list[dict]], title: str | None = None) ->
     return fig
 
 
+def _lr_label(x: float, _pos=None) -> str:
+    """1, 2 and 5 times a power of ten, written like the sweep command (1e-2, 2e-2, 5e-2); others blank."""
+    if x <= 0:
+        return ""
+    exponent = math.floor(math.log10(x) + 1e-9)
+    mantissa = x / 10 ** exponent
+    return f"{round(mantissa)}e{exponent}" if round(mantissa) in (1, 2, 5) and abs(mantissa - round(mantissa)) < 1e-6 \
+        else ""
+
+
+def _lr_axis(ax) -> None:
+    """A log lr axis without crowded minor-tick labels (only decades over more than 3 decades); call after plotting."""
+    ax.set_xscale("log")
+    low, high = ax.get_xlim()
+    ax.xaxis.set_major_formatter(FuncFormatter(_lr_label))
+    wide = low > 0 and math.log10(high / low) > 3
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, pos: "" if wide else _lr_label(x, pos)))
+
+
 def lr_finder_run_figure() -> Figure:
     """An empty figure with one axes for torch-lr-finder's ``LRFinder.plot(ax=...)`` to draw into."""
     fig, _ = plt.subplots(figsize=(7, 5))
@@ -47,6 +69,8 @@ def finish_lr_finder_run_figure(fig: Figure, path, title: str, suggestion: float
         ax.axvline(suggestion, color="red", linestyle=":", linewidth=1)
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
+    if ax.get_xscale() == "log":
+        _lr_axis(ax)
     fig.tight_layout()
     save(fig, path)
 
@@ -73,7 +97,7 @@ def lr_finder_summary_figure(runs: dict[str, dict], log_lr: bool = True, skip_st
             i = min(range(len(lrs)), key=lambda k: abs(lrs[k] - suggestion))
             ax.scatter([lrs[i]], [losses[i]], s=60, color=line.get_color(), edgecolor="black", zorder=3)
     if log_lr:
-        ax.set_xscale("log")
+        _lr_axis(ax)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss (smoothed)")
     ax.grid(alpha=0.3, which="both")
