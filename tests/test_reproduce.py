@@ -5,8 +5,6 @@ import sys
 import time
 
 import pytest
-from mlflow.artifacts import download_artifacts
-
 from conftest import ROOT, TINY, entry_env, mlflow_client, run_entry
 
 EPOCHS = 4
@@ -58,8 +56,7 @@ def test_reproduce_from_run_id_gives_identical_metrics(store, reference):
 
 def test_reproduce_from_saved_config_folder_with_hydra(store, reference, tmp_path):
     run_id, expected = reference
-    folder = download_artifacts(run_id=run_id, artifact_path="config", dst_path=str(tmp_path),
-                                tracking_uri=f"sqlite:///{store['tmp'] / 'mlruns' / 'mlflow.db'}")
+    folder = store["client"]().download_artifacts(run_id, "config", str(tmp_path))
     result = run_entry("train.py", "--config-dir", folder, "--config-name", "config",
                        "tracking.run_name=from-folder", *store["overrides"][-4:])
     assert result.returncode == 0, result.stderr[-3000:]

@@ -16,7 +16,7 @@ def sweep(tmp_path_factory, tiny_npz):
     assert result.returncode == 0, result.stderr[-3000:]
     client = mlflow_client(store)
     runs = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
-    return client, runs, tmp
+    return client, [r for r in runs if "sweeplab.sweep" in r.data.tags], tmp  # not the report run
 
 
 def test_sweep_logs_one_finished_run_per_value(sweep):

@@ -55,7 +55,7 @@ class Trainer:
                  device: torch.device, scheduler=None, scheduler_interval: str = "epoch",
                  monitor: str | None = "test_loss", val_loader=None, precision: str = "fp32",
                  label_smoothing: float = 0.0, tta_flip: bool = False, target_acc: float = 0.88,
-                 checkpoint_dir: str | Path | None = None, checkpoint_every: int = 1,
+                 checkpoint_dir: str | Path | None = None, checkpoint_every: int = 1,  # 0: never
                  callbacks=(), progress: bool | None = None, compile: bool = False):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.train_loader, self.test_loader, self.val_loader = train_loader, test_loader, val_loader
@@ -217,9 +217,8 @@ class Trainer:
     def _checkpoint(self, epoch: int, epochs: int, improved: bool) -> None:
         if self.checkpoint_dir is None or not self.checkpoint_every:
             return
-        if epoch % self.checkpoint_every and epoch != epochs and not improved:
-            return
-        state = self.state_dict()
-        checkpoint.save(state, self.checkpoint_dir / "last.pt")
-        if improved:
-            checkpoint.save(state, self.checkpoint_dir / "best.pt")
+        if improved:  # the weights alone: what explain.py and evaluation need, at half the size
+            checkpoint.save({"model": self.model.state_dict(), "epoch": epoch, "best": self.best},
+                            self.checkpoint_dir / "best.pt")
+        if epoch % self.checkpoint_every == 0 or epoch == epochs:
+            checkpoint.save(self.state_dict(), self.checkpoint_dir / "last.pt")
