@@ -22,8 +22,6 @@ from conftest import ROOT, TINY, mlflow_client, run_entry
 
 PNG = b"\x89PNG\r\n\x1a\n"
 START, END = 1e-3, 0.1
-# Tiny models run faster on one thread, and do not stall when the cores are shared.
-ENV = {"OMP_NUM_THREADS": "1"}
 RANGE = [f"lr_finder.start_lr={START}", f"lr_finder.end_lr={END}", "lr_finder.num_iter=20", "lr_finder.runs=2",
          "lr_finder.val=test", "lr_finder.val_subset=100"]
 
@@ -37,7 +35,7 @@ def where(tmp, npz) -> list[str]:
 def found(tmp_path_factory, tiny_npz):
     """One find_lr.py run (2 runs of 20 steps, 100 test images per step), shared by the tests below."""
     tmp = tmp_path_factory.mktemp("find_lr")
-    proc = run_entry("find_lr.py", *TINY, *RANGE, *where(tmp, tiny_npz), env=ENV)
+    proc = run_entry("find_lr.py", *TINY, *RANGE, *where(tmp, tiny_npz))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     [out] = (tmp / "outputs" / "lr_finder" / "runs").iterdir()
     summary = yaml.safe_load((out / "suggestions.yaml").read_text())
@@ -136,7 +134,7 @@ def test_mlflow_run_records_params_suggestions_and_artifacts(found):
 def test_printed_command_runs_one_finished_training_run_per_value(found):
     args, parsed, _ = parse_command(found["summary"]["command"])
     values = sweep_values(parsed[-1])
-    proc = run_entry("train.py", *args, "trainer.epochs=1", *found["where"], env=ENV)
+    proc = run_entry("train.py", *args, "trainer.epochs=1", *found["where"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = mlflow_client(found["tmp"] / "mlruns")
     runs = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
@@ -147,7 +145,7 @@ def test_printed_command_runs_one_finished_training_run_per_value(found):
 
 # -- messages instead of tracebacks ---------------------------------------------------------------------
 def test_too_few_iterations_is_one_line_before_any_work(tmp_path, tiny_npz):
-    proc = run_entry("find_lr.py", *TINY, "lr_finder.num_iter=10", *where(tmp_path, tiny_npz), env=ENV)
+    proc = run_entry("find_lr.py", *TINY, "lr_finder.num_iter=10", *where(tmp_path, tiny_npz))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr
     assert "too few iterations" in proc.stderr and "at least 17" in proc.stderr
@@ -185,7 +183,7 @@ def test_defaults_compose_with_train_groups_and_own_experiment():
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """In-process range tests on one thread, like the subprocesses (ENV); restored afterwards."""
+    """In-process range tests on one thread, like the entry points run_entry starts; restored afterwards."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
