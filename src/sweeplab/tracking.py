@@ -79,9 +79,9 @@ def setup(tcfg: DictConfig) -> str:
     uri = store_uri(tcfg)
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient()
     try:
         with _first_use_lock(uri):  # parallel jobs must not create the tables at the same time
+            client = MlflowClient()
             client.search_experiments(max_results=1)
         exp = client.get_experiment_by_name(tcfg.experiment)
         if exp is not None:
