@@ -261,7 +261,11 @@ def explain(cfg: DictConfig) -> Explanation:
     with tempfile.TemporaryDirectory() as tmp:
         saved = OmegaConf.load(_download(run, CONFIG_ARTIFACT, tmp))
         saved.pop("defaults", None)
-        state = checkpoint.load(_download(run, CHECKPOINT_ARTIFACT, tmp), map_location="cpu")
+        path = _download(run, CHECKPOINT_ARTIFACT, tmp)
+        try:
+            state = checkpoint.load(path, map_location="cpu")
+        except checkpoint.CheckpointError as err:  # name the artifact, not the temporary download
+            raise ExplainError(f"run {run_id}: {str(err).replace(str(path), CHECKPOINT_ARTIFACT)}") from None
     model = rebuild_model(saved, state, run_id).to(device).eval()
     layer = resolve_layer(model, cfg.target_layer)
 
