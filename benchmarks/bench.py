@@ -4,15 +4,14 @@
     python benchmarks/bench.py --npz cifar10.npz  # the same on real images (default: random images)
     python benchmarks/bench.py --device cuda --width 64   # the same on a GPU, full ResNet-18
 
-Each comparison alternates its two sides for several rounds and reports the median ratio, so a
-burst of load elsewhere hits both sides. Targets (issue "Fast training path"): data path >= 10x a
+Each comparison alternates its two sides for several rounds and compares their fastest rounds,
+so a burst of load elsewhere cannot pass for a cost of either side. Targets (issue "Fast training path"): data path >= 10x a
 torchvision DataLoader with PIL transforms, engine <= 1.10x a bare PyTorch loop, MLflow logging
 <= 1.02x an epoch without it.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -44,12 +43,16 @@ def timed(fn) -> float:
 
 
 def side_by_side(a, b, rounds: int) -> tuple[float, float, float]:
-    """Median seconds of a and of b, alternating, and the median of the per-round ratios b/a."""
+    """Fastest seconds of a and of b over alternating rounds, and their ratio b/a.
+
+    Load from elsewhere only ever adds time, so the fastest round of each side is the closest to
+    its own cost; alternating the sides exposes both to the same spells of load.
+    """
     ta, tb = [], []
     for _ in range(rounds):
         ta.append(timed(a))
         tb.append(timed(b))
-    return statistics.median(ta), statistics.median(tb), statistics.median(y / x for x, y in zip(ta, tb))
+    return min(ta), min(tb), min(tb) / min(ta)
 
 
 class Batches:

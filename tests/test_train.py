@@ -90,3 +90,13 @@ def test_a_bad_value_in_a_sweep_stops_it_before_any_job(workdir):
     assert result.returncode == 2
     assert "optimizer.lr=-1 must be a positive number" in result.stderr
     assert "Epoch 1" not in result.stdout + result.stderr
+
+
+def test_a_job_failing_before_its_run_exists_still_fails_the_sweep(workdir, tiny_npz):
+    result = run_entry("train.py", "-m", f"data.npz=/nonexistent/cifar10.npz,{tiny_npz}", "trainer.epochs=1",
+                       *TINY, *workdir["overrides"][:3])
+    assert result.returncode == 1
+    assert "failed jobs" in result.stderr and "does not exist" in result.stdout + result.stderr
+    client = mlflow_client(workdir["store"])
+    runs = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
+    assert [r.info.status for r in runs if "sweeplab.sweep" in r.data.tags] == ["FINISHED"]

@@ -34,7 +34,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sweeplab import tracking
-from sweeplab.run import ENVIRONMENT_KEYS, SWEEP_ENV, SWEPT_ENV
+from sweeplab.run import ENVIRONMENT_KEYS, FAILED_MARKER, SWEEP_ENV, SWEPT_ENV
 from sweeplab.settings import ConfigError, validate
 
 log = logging.getLogger(__name__)
@@ -55,15 +55,17 @@ def new_sweep_id() -> str:
 
 def validate_jobs(config: DictConfig, parsed) -> None:
     """Compose and check every job of a grid sweep before the first one starts: a bad value in
-    the fifth job should not surface after four jobs of training."""
+    the fifth job should not surface after four jobs of training. Searches whose jobs a sweeper
+    draws as it goes (Optuna's ranges) are checked job by job instead."""
+    if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):
+        return
     loader = GlobalHydra.instance().config_loader()
     for batch in BasicSweeper.split_arguments(parsed, None):
         for job in batch:
             try:
                 validate(loader.load_sweep_config(config, list(job)))
             except ConfigError as err:
-                print(f"error: job {' '.join(job)}: {err}", file=sys.stderr)
-                sys.exit(2)
+                raise ConfigError(f"job {' '.join(job)}: {err}") from None
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -293,7 +295,12 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-        validate_jobs(config, parsed)
+        try:  # before any job starts: every job's config, and the store they will all log to
+            validate_jobs(config, parsed)
+            tracking.check_reachable(tracking.store_uri(config.tracking))
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
         os.environ.setdefault(SWEEP_ENV, new_sweep_id())
         os.environ[SWEPT_ENV] = ",".join(o.get_key_element() for o in parsed if o.is_sweep_override())
         log.info(f"sweep {os.environ[SWEEP_ENV]}: MLflow runs tagged {tracking.SWEEP_TAG}={os.environ[SWEEP_ENV]}")
@@ -302,18 +309,26 @@ class SweepCallback(Callback):
         sweep_id = os.environ.get(SWEEP_ENV)
         if not sweep_id:
             return
-        experiment_id = tracking.setup(config.tracking)
-        try:  # the report is a bonus: a broken one must not hide the sweep's own outcome
-            report = build_report(experiment_id, sweep_id, Path(config.hydra.sweep.dir) / "report")
-            announce(report)
-        except Exception as err:
-            log.error(f"sweep {sweep_id}: could not write the report: {type(err).__name__}: {err}")
-        runs = job_runs(experiment_id, sweep_id)
-        failed = [r for r in runs if r.info.status != "FINISHED"]
+        sweep_dir = Path(config.hydra.sweep.dir)
+        # Jobs that failed before their MLflow run existed leave only this file in their folder.
+        failed_jobs = sorted(p.parent.name for p in sweep_dir.glob(f"*/{FAILED_MARKER}"))
+        try:
+            experiment_id = tracking.setup(config.tracking)
+            runs = job_runs(experiment_id, sweep_id)
+        except ConfigError as err:
+            print(f"error: sweep {sweep_id}: {err}", file=sys.stderr)
+            sys.exit(1)
+        if runs:
+            try:  # the report is a bonus: a broken one must not hide the sweep's own outcome
+                announce(build_report(experiment_id, sweep_id, sweep_dir / "report"))
+            except Exception as err:
+                log.error(f"sweep {sweep_id}: could not write the report: {type(err).__name__}: {err}")
+        failed = [f"{r.info.run_name} ({r.info.status})" for r in runs if r.info.status != "FINISHED"]
         log.info(f"sweep {sweep_id}: {len(runs) - len(failed)} of {len(runs)} runs FINISHED")
-        if failed:
-            names = ", ".join(f"{r.info.run_name} ({r.info.status})" for r in failed)
-            print(f"error: {len(failed)} job(s) of sweep {sweep_id} did not finish: {names}", file=sys.stderr)
+        if failed or failed_jobs:
+            jobs = f"; failed jobs (see their folders in {sweep_dir}): {', '.join(failed_jobs)}" if failed_jobs else ""
+            print(f"error: sweep {sweep_id} did not finish: {', '.join(failed) or 'no run FAILED in MLflow'}{jobs}",
+                  file=sys.stderr)
             sys.exit(1)
 
 

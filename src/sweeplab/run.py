@@ -34,8 +34,8 @@ def main(cfg: DictConfig) -> float:
     """The task function behind train.py.
 
     A single run that fails exits non-zero with a one-line reason. In a multirun a failed job is
-    logged and marked FAILED in MLflow, and the sweep goes on; the sweep callback turns failures
-    into the command's exit code once every job has run.
+    logged, marked FAILED in MLflow (when its run had started) and in a ``FAILED`` file in its
+    job folder, and the sweep goes on; the sweep callback turns failures into the exit code.
     """
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
@@ -44,21 +44,24 @@ def main(cfg: DictConfig) -> float:
         if cfg.get("reproduce"):
             return train(config_of(cfg.reproduce, cfg), tags={"sweeplab.reproduces": cfg.reproduce})
         return train(cfg)
-    except (ConfigError, NonFiniteLossError) as err:
-        if multirun:
-            log.error(f"job failed: {err}")
-            return float("nan")
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2 if isinstance(err, ConfigError) else 1)
     except KeyboardInterrupt:
         print("interrupted: the MLflow run is marked KILLED and its last checkpoint kept "
               "(continue it with: python train.py resume=<run id>)", file=sys.stderr)
         sys.exit(130)
-    except Exception:
+    except Exception as err:
+        known = isinstance(err, (ConfigError, NonFiniteLossError))
         if multirun:
-            log.exception("job failed")
+            log.error(f"job failed: {err}") if known else log.exception("job failed")
+            out = Path(HydraConfig.get().runtime.output_dir)
+            (out / FAILED_MARKER).write_text(f"{type(err).__name__}: {err}\n")
             return float("nan")
-        raise
+        if not known:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2 if isinstance(err, ConfigError) else 1)
+
+
+FAILED_MARKER = "FAILED"
 
 
 def config_of(run_id: str, current: DictConfig) -> DictConfig:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
@@ -178,19 +178,20 @@ def active_run(experiment_id: str, run_name: str | None = None, run_id: str | No
     """Start (or reopen, for a resume) a run; end it FINISHED, FAILED (reason in a tag) or KILLED."""
     run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
                            run_name=run_name, tags=tags)
+    status, reason = "FINISHED", None
     try:
         yield run
     except KeyboardInterrupt:
-        mlflow.set_tag(FAILURE_TAG, "interrupted (Ctrl-C); resume with train.py resume=" + run.info.run_id)
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        status, reason = "KILLED", f"interrupted (Ctrl-C); resume with train.py resume={run.info.run_id}"
         raise
     except BaseException as err:
-        reason = f"{type(err).__name__}: {err}".splitlines()[0][:5000]
-        mlflow.set_tag(FAILURE_TAG, reason)
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        status, reason = "FAILED", f"{type(err).__name__}: {err}".splitlines()[0][:5000]
         raise
-    else:
-        mlflow.end_run()
+    finally:
+        mlflow.flush_async_logging()  # the metrics still queued belong to this run
+        if reason:
+            mlflow.set_tag(FAILURE_TAG, reason)
+        mlflow.end_run(status)
 
 
 def log_params(params: dict[str, str]) -> None:
@@ -217,9 +218,12 @@ class MlflowLogger(Callback):
         now = int(time.time() * 1000)
         step = metrics["epoch"]
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if k != "epoch"]
-        self.client.log_batch(self.run_id, metrics=batch)
+        # MLflow's async logging keeps the next epoch from waiting on the store; what a crash
+        # loses before it is written, the resume above logs again from the checkpoint.
+        self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
 
     def on_fit_end(self, trainer) -> None:
+        mlflow.flush_async_logging()
         summary = trainer.summary()
         if summary:
             self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), int(time.time() * 1000), 0)
