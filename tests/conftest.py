@@ -37,6 +37,13 @@ def write_npz(path: Path, n_train: int = 500, n_test: int = 200, seed: int = 0) 
     return path
 
 
+@pytest.fixture(autouse=True)
+def isolated_mlflow(monkeypatch):
+    """No test inherits a store or a data file from the environment or from another test."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("SWEEPLAB_CIFAR10_NPZ", raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_npz(tmp_path_factory) -> Path:
     return write_npz(tmp_path_factory.mktemp("data") / "tiny.npz")

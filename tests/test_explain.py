@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import mlflow
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
@@ -50,16 +49,14 @@ def explained(sweep):
 
 @pytest.fixture
 def explain_cfg(sweep):
-    """Run the explain task function in-process on the sweep's store; the MLflow URI is restored after."""
-    previous = mlflow.get_tracking_uri()
+    """Run the explain task function in-process on the sweep's store (conftest isolates MLflow's URI)."""
 
     def make(*overrides, store=None):
         where = [f"tracking.store_dir={store or sweep['store']}", "tracking.uri=null", "device=cpu"]
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             return compose("explain", overrides=[*where, *overrides])
 
-    yield make
-    mlflow.set_tracking_uri(previous)
+    return make
 
 
 def fails(cfg, capsys) -> str:

@@ -232,21 +232,16 @@ def test_submitit_local_sweep_logs_to_a_server(servers, workdir, backend):
     assert not (workdir["store"] / "mlflow.db").exists(), "nothing went to the local store"
 
 
-def test_joblib_sweep_finds_the_server_through_the_environment(servers, workdir):
-    server = _server(servers, "sqlite")
-    result = run_entry("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                       "tracking.experiment=joblib", *workdir["overrides"], *ONE_EPOCH, "optimizer.lr=0.03,0.005",
-                       env={"MLFLOW_TRACKING_URI": server.uri}, timeout=240)
-    _check_sweep(server, "joblib", result, 2, ["0.03", "0.005"])
-
-
-def test_optuna_study_each_trial_a_run_best_params_logged(servers, workdir):
+def test_optuna_study_on_joblib_each_trial_a_run_best_params_logged(servers, workdir):
+    """Also the joblib launcher (2 trials at a time), finding the server through MLFLOW_TRACKING_URI."""
     server = _server(servers, "sqlite")
     fixed = [o for o in ONE_EPOCH if not o.startswith("trainer.batch_size=")]
     result = run_entry("train.py", "-m", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=3",
-                       "hydra.sweeper.sampler.n_startup_trials=2", f"tracking.uri={server.uri}",
+                       "hydra.sweeper.sampler.n_startup_trials=2", "hydra.sweeper.n_jobs=2",
+                       "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                        "tracking.experiment=optuna", *workdir["overrides"], *fixed,
-                       "trainer.batch_size=choice(50,100)", timeout=240)  # replaces the config's choices
+                       "trainer.batch_size=choice(50,100)",  # replaces the config's choices
+                       env={"MLFLOW_TRACKING_URI": server.uri}, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     best_line = [line for line in result.stdout.splitlines() if line.startswith("optuna: best best_test_acc = ")]
     assert len(best_line) == 1, result.stdout[-2000:]

@@ -111,7 +111,7 @@ def check_options(cfg: DictConfig) -> None:
 def pick_run(cfg: DictConfig):
     """``run_id``, else the best FINISHED run of the chosen sweep by ``metric``."""
     uri = tracking.store_uri(cfg.tracking)
-    mlflow.set_tracking_uri(uri)
+    tracking.use_store(uri)
     client = MlflowClient()
     try:
         if cfg.run_id:

@@ -70,6 +70,18 @@ def check_reachable(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
             raise ConfigError(f"MLflow database {safe} is not reachable ({err.strerror or err}): {hint}") from None
 
 
+def use_store(uri: str) -> None:
+    """Point this process's MLflow at ``uri``. MLflow also exports it as $MLFLOW_TRACKING_URI,
+    which the configs read as the user's choice: put that variable back as it was, so the next job
+    of an in-process sweep composes its own store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def setup(tcfg: DictConfig) -> str:
     """Point MLflow at the store and return the experiment's id, creating it when new.
 
@@ -78,7 +90,7 @@ def setup(tcfg: DictConfig) -> str:
     """
     uri = store_uri(tcfg)
     check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
+    use_store(uri)
     try:
         with _first_use_lock(uri):  # parallel jobs must not create the tables at the same time
             client = MlflowClient()
