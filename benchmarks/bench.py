@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

@@ -1,4 +1,4 @@
-"""Tiny sweeps run once per test session and shared by test_report.py and test_browser.py
+"""Tiny sweeps run once per test session and shared by test_train.py, test_report.py and test_browser.py
 (pytest would run a fixture imported into two modules twice; this cache runs each sweep once)."""
 from __future__ import annotations
 

@@ -28,14 +28,15 @@ import mlflow
 import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab import plots, tracking  # plots first: the Agg backend before torch-lr-finder imports pyplot
-from sweeplab.data import Augment, DeviceLoader, Split, load_dataset
+from sweeplab.data import DeviceLoader, Split
 from sweeplab.engine import seed_everything
+from sweeplab.run import ENVIRONMENT_KEYS as RUN_ENVIRONMENT_KEYS
+from sweeplab.run import build_loaders, build_model, channels_last_of, load_data, precision_of
 from sweeplab.settings import ConfigError, resolve_device
 from sweeplab.settings import validate as validate_common
 
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 VAL_SOURCES = ("none", "test", "val")
 STEP_MODES = ("exp", "linear")
 # Overrides that say where things run, not what is trained: not repeated in the sweep command.
-ENVIRONMENT_KEYS = ("tracking.", "paths.", "hydra.", "data.npz", "data.root", "trainer.device", "task_name")
+ENVIRONMENT_KEYS = RUN_ENVIRONMENT_KEYS + ("task_name",)
 
 
 class NoSuggestionError(RuntimeError):
@@ -278,25 +279,17 @@ def _overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def _fresh(cfg: DictConfig, device: torch.device, channels_last: bool):
-    """A new model and optimizer from the config, as train.py builds them (never the ones training uses)."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = instantiate(cfg.model).to(device, memory_format=fmt)
-    return model, instantiate(cfg.optimizer)(model.parameters())
-
-
-def _loaders(cfg: DictConfig, data, device: torch.device, channels_last: bool):
-    t, aug, lcfg = cfg.trainer, cfg.augmentation, cfg.lr_finder
-    common = dict(device=device, mean=cfg.data.mean, std=cfg.data.std, channels_last=channels_last)
-    train = DeviceLoader(data.train, t.batch_size, shuffle=True, drop_last=t.drop_last, seed=lcfg.seed,
-                         augment=Augment(aug.crop_padding, aug.pad_mode, aug.flip), **common)
-    source = _val_source(lcfg)
+def _loaders(cfg: DictConfig, data, device: torch.device, seed: int):
+    """The train loader as train.py builds it, and the loader of the validation source (or None)."""
+    train = build_loaders(cfg, data, device, seed)[0]
+    source, subset = _val_source(cfg.lr_finder), cfg.lr_finder.val_subset
     if source == "none":
         return train, None
     split = data.test if source == "test" else data.val
-    if lcfg.val_subset and lcfg.val_subset < len(split):
-        split = Split(split.images[:lcfg.val_subset], split.labels[:lcfg.val_subset])
-    return train, DeviceLoader(split, t.eval_batch_size, **common)
+    if subset and subset < len(split):
+        split = Split(split.images[:subset], split.labels[:subset])
+    return train, DeviceLoader(split, cfg.trainer.eval_batch_size, device, cfg.data.mean, cfg.data.std,
+                               channels_last=channels_last_of(cfg, device))
 
 
 def _write_history(result: RunResult, path: Path) -> None:
@@ -319,19 +312,15 @@ def find(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     run could suggest an lr.
     """
     validate(cfg)
-    lcfg, t, d = cfg.lr_finder, cfg.trainer, cfg.data
+    lcfg, t = cfg.lr_finder, cfg.trainer
     device = resolve_device(t.device)
-    data = load_dataset(d.root, d.npz, d.download, d.train_limit, d.test_limit, d.val_split)
-    if t.batch_size > len(data.train):
-        raise ConfigError(f"trainer.batch_size={t.batch_size} is larger than the {len(data.train)} training images")
-    channels_last = t.channels_last if t.channels_last != "auto" else device.type == "cuda"
-    settings = dict(device=device, precision=t.precision if t.precision != "auto" else
-                    ("bf16" if device.type == "cuda" else "fp32"),
+    data = load_data(cfg)
+    settings = dict(device=device, precision=precision_of(cfg, device),
                     progress=sys.stderr.isatty() if t.progress is None else bool(t.progress))
     out_dir = Path(out_dir) if out_dir else _output_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     experiment_id = tracking.setup(cfg.tracking)
-    train_loader, val_loader = _loaders(cfg, data, device, channels_last)
+    train_loader, val_loader = _loaders(cfg, data, device, int(lcfg.seed))
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=float(t.label_smoothing))
     overrides = _overrides()
     tags = {**tracking.tags_for(cfg, overrides, None, tracking.git_state()), "sweeplab.task": "lr_finder"}
@@ -348,7 +337,7 @@ def find(cfg: DictConfig, out_dir: Path | None = None) -> dict:
         for i in range(lcfg.runs):
             seed = int(lcfg.seed) + i
             seed_everything(seed, t.deterministic)
-            model, optimizer = _fresh(cfg, device, channels_last)  # never the objects a training run uses
+            model, optimizer = build_model(cfg, device)  # never the objects a training run uses
             train_loader.seed = seed
             result = _one_run(i, seed, model, optimizer, criterion, train_loader, val_loader, lcfg, out_dir, **settings)
             del model, optimizer

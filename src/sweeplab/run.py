@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -15,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from sweeplab import checkpoint, plots, tracking
 from sweeplab.data import Augment, DeviceLoader, load_dataset
@@ -114,23 +113,43 @@ def build_scheduler(scfg: DictConfig | None, optimizer, epochs: int, steps_per_e
     return instantiate(params)(optimizer), interval, monitor
 
 
+def precision_of(cfg: DictConfig, device: torch.device) -> str:
+    """``trainer.precision``, with auto = bf16 autocast on CUDA, fp32 elsewhere."""
+    auto = "bf16" if device.type == "cuda" else "fp32"
+    return auto if cfg.trainer.precision == "auto" else cfg.trainer.precision
+
+
+def channels_last_of(cfg: DictConfig, device: torch.device) -> bool:
+    """``trainer.channels_last``, with auto = on CUDA only."""
+    return device.type == "cuda" if cfg.trainer.channels_last == "auto" else bool(cfg.trainer.channels_last)
+
+
+def build_model(cfg: DictConfig, device: torch.device):
+    """A fresh model and its optimizer, from the config."""
+    fmt = torch.channels_last if channels_last_of(cfg, device) else torch.contiguous_format
+    model = instantiate(cfg.model).to(device, memory_format=fmt)
+    return model, instantiate(cfg.optimizer)(model.parameters())
+
+
+def build_loaders(cfg: DictConfig, data, device: torch.device, seed: int):
+    """Train (shuffled, augmented), test and, with a validation split, val loaders on ``device``."""
+    t, aug = cfg.trainer, cfg.augmentation
+    common = dict(device=device, mean=cfg.data.mean, std=cfg.data.std, channels_last=channels_last_of(cfg, device))
+    train = DeviceLoader(data.train, t.batch_size, shuffle=True, drop_last=t.drop_last, seed=seed,
+                         augment=Augment(aug.crop_padding, aug.pad_mode, aug.flip), **common)
+    test = DeviceLoader(data.test, t.eval_batch_size, **common)
+    val = DeviceLoader(data.val, t.eval_batch_size, **common) if data.val is not None else None
+    return train, test, val
+
+
 def build(cfg: DictConfig, device: torch.device, data) -> dict:
     """Model, optimizer, scheduler and loaders for a run, all from the config."""
-    t, aug = cfg.trainer, cfg.augmentation
-    precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    channels_last = t.channels_last if t.channels_last != "auto" else device.type == "cuda"
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = instantiate(cfg.model).to(device, memory_format=fmt)
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
-    common = dict(device=device, mean=cfg.data.mean, std=cfg.data.std, channels_last=channels_last)
-    train_loader = DeviceLoader(data.train, t.batch_size, shuffle=True, drop_last=t.drop_last, seed=t.seed,
-                                augment=Augment(aug.crop_padding, aug.pad_mode, aug.flip), **common)
-    test_loader = DeviceLoader(data.test, t.eval_batch_size, **common)
-    val_loader = DeviceLoader(data.val, t.eval_batch_size, **common) if data.val is not None else None
-    scheduler, interval, monitor = build_scheduler(cfg.scheduler, optimizer, t.epochs, len(train_loader))
+    model, optimizer = build_model(cfg, device)
+    train_loader, test_loader, val_loader = build_loaders(cfg, data, device, cfg.trainer.seed)
+    scheduler, interval, monitor = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs, len(train_loader))
     return dict(model=model, optimizer=optimizer, train_loader=train_loader, test_loader=test_loader,
                 val_loader=val_loader, scheduler=scheduler, scheduler_interval=interval, monitor=monitor,
-                precision=precision)
+                precision=precision_of(cfg, device))
 
 
 def load_data(cfg: DictConfig):
