@@ -63,6 +63,7 @@ def test_reproduce_from_saved_config_folder_with_hydra(store, reference, tmp_pat
     client, runs = runs_of(store)
     rerun = next(r for r in runs if r.info.run_name == "from-folder")
     assert metrics_of(client, rerun.info.run_id) == expected
+    assert rerun.data.tags["sweeplab.reproduces"] == run_id  # the saved config names its origin
 
 
 def _wait_for_epoch(client, run_name, epoch, proc, timeout=120):

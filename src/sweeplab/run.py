@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> float:
         if cfg.get("resume"):
             return train(config_of(cfg.resume, cfg), resume=cfg.resume)
         if cfg.get("reproduce"):
-            return train(config_of(cfg.reproduce, cfg), tags={"sweeplab.reproduces": cfg.reproduce})
+            return train(config_of(cfg.reproduce, cfg))
         return train(cfg)
     except KeyboardInterrupt:
         print("interrupted: the MLflow run is marked KILLED and its last checkpoint kept "
@@ -68,7 +68,7 @@ def config_of(run_id: str, current: DictConfig) -> DictConfig:
     value overrides taken from the current invocation."""
     tracking.setup(current.tracking)
     cfg = tracking.saved_config(str(run_id))
-    cfg.tracking, cfg.paths = current.tracking, current.paths
+    cfg.tracking, cfg.paths, cfg.origin_run = current.tracking, current.paths, str(run_id)
     parser = OverridesParser.create()
     for override in parser.parse_overrides(_overrides()):
         key = override.get_key_element()
@@ -161,7 +161,7 @@ def load_data(cfg: DictConfig):
     return data
 
 
-def train(cfg: DictConfig, resume: str | None = None, tags: dict | None = None) -> float:
+def train(cfg: DictConfig, resume: str | None = None) -> float:
     """Run one job; return ``cfg.objective`` (best test accuracy by default).
 
     Everything that can be wrong with the input is checked before the MLflow run is created.
@@ -182,7 +182,9 @@ def train(cfg: DictConfig, resume: str | None = None, tags: dict | None = None) 
     overrides = _overrides()
     sweep_id = os.environ.get(SWEEP_ENV) if not resume else None
     git = tracking.git_state()
-    run_tags = {} if resume else {**tracking.tags_for(cfg, overrides, sweep_id, git), **(tags or {})}
+    run_tags = {} if resume else tracking.tags_for(cfg, overrides, sweep_id, git)
+    if cfg.get("origin_run") and not resume:
+        run_tags["sweeplab.reproduces"] = str(cfg.origin_run)
 
     with tracking.active_run(experiment_id, run_name(cfg, overrides), run_id=resume, tags=run_tags) as run:
         run_id = run.info.run_id
@@ -196,7 +198,7 @@ def train(cfg: DictConfig, resume: str | None = None, tags: dict | None = None) 
             mlflow.set_tag("sweeplab.resumed_from_epoch", state["epoch"])
             log.info(f"resuming run {run_id} after epoch {trainer.epoch}")
         else:
-            _log_start(cfg, overrides, data, git, ckpt_dir)
+            _log_start(cfg, overrides, data, git, ckpt_dir, run_id)
         log.info(f"MLflow run {run_id} ({mlflow.get_tracking_uri()}), checkpoints in {ckpt_dir}")
         try:
             trainer.fit(cfg.trainer.epochs)
@@ -208,14 +210,14 @@ def train(cfg: DictConfig, resume: str | None = None, tags: dict | None = None) 
     return float("nan") if objective is None else float(objective)
 
 
-def _log_start(cfg: DictConfig, overrides: list[str], data, git: dict, ckpt_dir: Path) -> None:
+def _log_start(cfg: DictConfig, overrides: list[str], data, git: dict, ckpt_dir: Path, run_id: str) -> None:
     tracking.log_params(tracking.flatten(cfg))
     mlflow.set_tags({"sweeplab.data.train_sha256": data.train.checksum(), "sweeplab.data.train_size": len(data.train),
                      "sweeplab.data.test_size": len(data.test), "sweeplab.checkpoint_dir": str(ckpt_dir)})
     if git.get("dirty") and git.get("diff"):
         mlflow.log_text(git["diff"], "git/diff.patch")
     # The config as composed (re-runnable with --config-dir), resolved, and Hydra's own record.
-    rerunnable = OmegaConf.merge({"defaults": ["_self_", {"hydra": "default"}]}, cfg)
+    rerunnable = OmegaConf.merge({"defaults": ["_self_", {"hydra": "default"}]}, cfg, {"origin_run": run_id})
     mlflow.log_text(OmegaConf.to_yaml(rerunnable), "config/config.yaml")
     mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
     mlflow.log_text("\n".join(overrides) + "\n", "config/overrides.txt")
