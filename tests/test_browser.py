@@ -7,8 +7,6 @@ import html
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ import urllib.request
 
 import pytest
 
+from conftest import free_port, stop_process_group
 from tiny_sweeps import two_run_sweep
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -26,12 +25,6 @@ def find_browser() -> str | None:
     if os.environ.get("SWEEPLAB_CHROMIUM"):
         return shutil.which(os.environ["SWEEPLAB_CHROMIUM"])
     return next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def visible_text(dom: str) -> str:
@@ -75,14 +68,7 @@ def ui(browser, tmp_path_factory, tiny_npz):
             time.sleep(0.5)
         yield {"url": url, **sweep}
     finally:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn workers
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=15)
-        except ProcessLookupError:
-            pass
+        stop_process_group(server)  # the server and its uvicorn workers
         log.close()
     assert server.poll() is not None
 

@@ -11,8 +11,6 @@ import glob
 import os
 import pwd
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,30 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, run_entry
+from conftest import ROOT, TINY, free_port, run_entry, stop_process_group
 
 pytestmark = pytest.mark.slow
 
 ONE_EPOCH = [*TINY, "trainer.epochs=1", "trainer.checkpoint_every=0"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop a process started in its own session, with everything it spawned."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        except ProcessLookupError:
-            pass
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,7 +123,7 @@ class Server:
         raise RuntimeError(f"mlflow server on {self.uri} did not come up:\n{log}")
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process_group(self.proc, timeout=5)
         self.log.close()
 
 
