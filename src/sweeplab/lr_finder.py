@@ -36,7 +36,7 @@ from sweeplab import plots, tracking  # plots first: the Agg backend before torc
 from sweeplab.data import DeviceLoader, Split
 from sweeplab.engine import seed_everything
 from sweeplab.run import ENVIRONMENT_KEYS as RUN_ENVIRONMENT_KEYS
-from sweeplab.run import build_loaders, build_model, channels_last_of, load_data, precision_of
+from sweeplab.run import build_loaders, build_model, channels_last_of, hydra_overrides, load_data, precision_of
 from sweeplab.settings import ConfigError, resolve_device
 from sweeplab.settings import validate as validate_common
 
@@ -275,10 +275,6 @@ def sweep_command(values: list[str], overrides: list[str]) -> str:
 
 
 # -- the command ---------------------------------------------------------------------------------------
-def _overrides() -> list[str]:
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
 def _loaders(cfg: DictConfig, data, device: torch.device, seed: int):
     """The train loader as train.py builds it, and the loader of the validation source (or None)."""
     train = build_loaders(cfg, data, device, seed)[0]
@@ -322,7 +318,7 @@ def find(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     experiment_id = tracking.setup(cfg.tracking)
     train_loader, val_loader = _loaders(cfg, data, device, int(lcfg.seed))
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=float(t.label_smoothing))
-    overrides = _overrides()
+    overrides = hydra_overrides()
     tags = {**tracking.tags_for(cfg, overrides, None, tracking.git_state()), "sweeplab.task": "lr_finder"}
     run_name = "lr_finder " + (" ".join(o for o in overrides if not _key(o).startswith(ENVIRONMENT_KEYS)) or "defaults")
     val_desc = "training batch" if val_loader is None else f"{len(val_loader.labels)} {_val_source(lcfg)} images"

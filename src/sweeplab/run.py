@@ -70,7 +70,7 @@ def config_of(run_id: str, current: DictConfig) -> DictConfig:
     cfg = tracking.saved_config(str(run_id))
     cfg.tracking, cfg.paths, cfg.origin_run = current.tracking, current.paths, str(run_id)
     parser = OverridesParser.create()
-    for override in parser.parse_overrides(_overrides()):
+    for override in parser.parse_overrides(hydra_overrides()):
         key = override.get_key_element()
         if key in ("resume", "reproduce") or key.startswith(("tracking.", "paths.")):
             continue
@@ -84,7 +84,8 @@ def config_of(run_id: str, current: DictConfig) -> DictConfig:
 _MISSING = object()
 
 
-def _overrides() -> list[str]:
+def hydra_overrides() -> list[str]:
+    """The job's command-line overrides (none outside a Hydra app)."""
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
@@ -179,7 +180,7 @@ def train(cfg: DictConfig, resume: str | None = None) -> float:
     experiment_id = tracking.setup(cfg.tracking)
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
     parts = build(cfg, device, data)
-    overrides = _overrides()
+    overrides = hydra_overrides()
     sweep_id = os.environ.get(SWEEP_ENV) if not resume else None
     git = tracking.git_state()
     run_tags = {} if resume else tracking.tags_for(cfg, overrides, sweep_id, git)
