@@ -78,6 +78,7 @@ def test_table_rows_match_the_runs_mlflow_metrics(sweep):
         assert float(row["best_test_acc"]) == m["best_test_acc"]
         assert int(row["best_epoch"]) == m["best_epoch"]
         assert row["epochs_to_target"] == ("" if "epochs_to_target" not in m else str(int(m["epochs_to_target"])))
+        assert row["train_time_to_target"] == ("" if "epochs_to_target" not in m else str(m["train_time_to_target"]))
         assert float(row["target_acc"]) == 0.88
         assert float(row["final_lr"]) == history["lr"][-1].value == float(run.data.params["optimizer.lr"])
         assert float(row["wall_time_s"]) == (run.info.end_time - run.info.start_time) / 1000

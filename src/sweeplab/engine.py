@@ -203,12 +203,16 @@ class Trainer:
             self.epochs_to_target = epoch
 
     def summary(self) -> dict:
-        """Run-level results: best test accuracy and its epoch, epochs to the target accuracy."""
+        """Run-level results: best test accuracy and its epoch, epochs and training seconds to the target accuracy."""
         out = {"best_test_acc": self.best["test_acc"], "best_epoch": self.best["epoch"]}
         if self.compile_seconds is not None:
             out["compile_time"] = self.compile_seconds
         if self.epochs_to_target is not None:
             out["epochs_to_target"] = self.epochs_to_target
+            # Training seconds up to that epoch (evaluation and start-up not counted), from the
+            # history, so it survives a resume.
+            out["train_time_to_target"] = sum(m["epoch_time"] for m in self.history
+                                              if m["epoch"] <= self.epochs_to_target)
         if self.history and "val_acc" in self.history[0]:
             out["best_val_acc"] = max(m["val_acc"] for m in self.history)
         return out

@@ -45,8 +45,8 @@ REPORT_DIR_TAG = "sweeplab.report_dir"  # where the report's files were last wri
 FIGURE, TABLE_MD, TABLE_CSV = "comparison.png", "comparison.md", "comparison.csv"
 ARTIFACT_DIR = "report"
 # The table's columns, in order; CSV holds the raw values (MLflow's floats, exactly), Markdown rounds them.
-COLUMNS = ("run", "overrides", "status", "best_test_acc", "best_epoch", "epochs_to_target", "target_acc",
-           "final_lr", "wall_time_s", "images_per_sec", "run_id", "failure")
+COLUMNS = ("run", "overrides", "status", "best_test_acc", "best_epoch", "epochs_to_target",
+           "train_time_to_target", "target_acc", "final_lr", "wall_time_s", "images_per_sec", "run_id", "failure")
 
 
 def new_sweep_id() -> str:
@@ -132,6 +132,7 @@ def table_row(run, history: list[dict]) -> dict:
         "best_test_acc": metrics.get("best_test_acc"),
         "best_epoch": int(best_epoch) if best_epoch is not None else None,
         "epochs_to_target": int(epochs_to_target) if epochs_to_target is not None else None,
+        "train_time_to_target": metrics.get("train_time_to_target"),
         "target_acc": float(run.data.params["target_acc"]) if "target_acc" in run.data.params else None,
         "final_lr": lrs[-1] if lrs else None, "wall_time_s": wall,
         "images_per_sec": sum(speeds) / len(speeds) if speeds else None,
@@ -147,6 +148,14 @@ def to_csv(rows: list[dict]) -> str:
         writer.writerow({k: "" if row[k] is None else (repr(row[k]) if isinstance(row[k], float) else row[k])
                          for k in COLUMNS})
     return buf.getvalue()
+
+
+def _to_target(row: dict) -> str:
+    """``16 (23.4 s)``: the epoch that reached the target and the training seconds it took."""
+    if row["epochs_to_target"] is None:
+        return "not reached"
+    seconds = row["train_time_to_target"]
+    return f"{row['epochs_to_target']}" + (f" ({seconds:.1f} s)" if seconds is not None else "")
 
 
 def _fmt(value, spec: str, missing: str = "–") -> str:
@@ -179,7 +188,7 @@ def to_markdown(rows: list[dict], sweep_id: str, experiment_id: str | None = Non
         cells = [r["run"], f"`{' '.join(overrides)}`" if overrides else "(defaults)", status,
                  _fmt(None if r["best_test_acc"] is None else 100 * r["best_test_acc"], ".2f") + "%"
                  * (r["best_test_acc"] is not None),
-                 _fmt(r["best_epoch"], "d"), _fmt(r["epochs_to_target"], "d", "not reached"),
+                 _fmt(r["best_epoch"], "d"), _to_target(r),
                  _fmt(r["final_lr"], ".3g"), _fmt(r["wall_time_s"], ".1f") + " s" * (r["wall_time_s"] is not None),
                  _fmt(r["images_per_sec"], ".0f")]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")

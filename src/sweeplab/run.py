@@ -153,6 +153,15 @@ def build(cfg: DictConfig, device: torch.device, data) -> dict:
                 precision=precision_of(cfg, device))
 
 
+def build_trainer(cfg: DictConfig, device: torch.device, data) -> Trainer:
+    """A Trainer with everything the config asks for, ready to fit; train() adds the checkpoint
+    folder and the MLflow callback once its run exists."""
+    t = cfg.trainer
+    return Trainer(**build(cfg, device, data), device=device, label_smoothing=t.label_smoothing,
+                   tta_flip=t.tta_flip, target_acc=cfg.target_acc, checkpoint_every=t.checkpoint_every,
+                   compile=t.compile, progress=t.progress)
+
+
 def load_data(cfg: DictConfig):
     d = cfg.data
     data = load_dataset(d.root, d.npz, d.download, d.train_limit, d.test_limit, d.val_split)
@@ -179,7 +188,7 @@ def train(cfg: DictConfig, resume: str | None = None) -> float:
     data = load_data(cfg)
     experiment_id = tracking.setup(cfg.tracking)
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
-    parts = build(cfg, device, data)
+    trainer = build_trainer(cfg, device, data)
     overrides = hydra_overrides()
     sweep_id = os.environ.get(SWEEP_ENV) if not resume else None
     git = tracking.git_state()
@@ -190,10 +199,8 @@ def train(cfg: DictConfig, resume: str | None = None) -> float:
     with tracking.active_run(experiment_id, run_name(cfg, overrides), run_id=resume, tags=run_tags) as run:
         run_id = run.info.run_id
         ckpt_dir = Path(cfg.paths.checkpoint_dir) / run_id
-        trainer = Trainer(**parts, device=device, label_smoothing=cfg.trainer.label_smoothing,
-                          tta_flip=cfg.trainer.tta_flip, target_acc=cfg.target_acc, checkpoint_dir=ckpt_dir,
-                          checkpoint_every=cfg.trainer.checkpoint_every, compile=cfg.trainer.compile,
-                          progress=cfg.trainer.progress, callbacks=[tracking.MlflowLogger(run_id)])
+        trainer.checkpoint_dir = ckpt_dir
+        trainer.callbacks.append(tracking.MlflowLogger(run_id))
         if state is not None:
             trainer.load_state_dict(state)
             mlflow.set_tag("sweeplab.resumed_from_epoch", state["epoch"])

@@ -221,6 +221,8 @@ class MlflowLogger(Callback):
 
     def on_fit_start(self, trainer) -> None:
         """On resume: log the checkpointed epochs a kill kept from reaching MLflow (never twice)."""
+        if not trainer.history:  # a new run: nothing to look up
+            return
         logged = {m.step for m in self.client.get_metric_history(self.run_id, "test_acc")}
         for metrics in trainer.history:
             if metrics["epoch"] not in logged:
@@ -260,7 +262,6 @@ def tags_for(cfg: DictConfig, overrides: list[str], sweep_id: str | None, git: d
     tags.update({f"sweeplab.env.{k}": v for k, v in environment().items()})
     tags["mlflow.source.name"] = Path(sys.argv[0]).name
     return tags
-
 
 
 def best_run(experiment_id: str, metric: str, direction: str = "max", sweep_id: str | None = None):
