@@ -39,6 +39,25 @@ def write_npz(path: Path, n_train: int = 500, n_test: int = 200, seed: int = 0) 
     return path
 
 
+# pytest-xdist (``-n auto`` in pyproject.toml) runs each group on one worker: a file's tests stay
+# together, so its module fixtures run once, and the files sharing tiny_sweeps' sweep are one group.
+SHARED_SWEEP_FILES = {"test_train.py", "test_report.py", "test_browser.py"}
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)  # a core per worker: two workers' in-process tests must not thrash
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items):
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("shared_sweep" if name in SHARED_SWEEP_FILES else name))
+
+
 @pytest.fixture(autouse=True)
 def isolated_mlflow(monkeypatch):
     """No test inherits a store or a data file from the environment or from another test."""
