@@ -91,6 +91,10 @@ def setup(tcfg: DictConfig) -> str:
     uri = store_uri(tcfg)
     check_reachable(uri)
     use_store(uri)
+    # MLflow's async-logging thread otherwise waits in a 1 s queue poll that only then sees a
+    # flush or end_run: up to a second of idle wait each time. Buffering makes it wait on the
+    # stop event instead, so a flush returns once the writes are done (writes may lag by 1 s).
+    os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
     try:
         with _first_use_lock(uri):  # parallel jobs must not create the tables at the same time
             client = MlflowClient()
