@@ -193,12 +193,10 @@ def bench_mlflow(split: Split, device, batch: int, width: int, steps: int, round
 
             t_bare, t_logged, ratio = side_by_side(fit(bare), fit(logged), rounds)
             metrics = [Metric(k, float(v), 0, 1) for k, v in logged.history[-1].items() if k != "epoch"]
-            writes = []
-            for _ in range(10):
-                writes.append(timed(lambda: logger.client.log_batch(run.info.run_id, metrics=metrics)))
-    fits = rounds
-    per_epoch = logger.seconds["on_epoch_end"] / (fits * epochs) + statistics.median(writes)
-    per_fit = (logger.seconds["on_fit_start"] + logger.seconds["on_fit_end"]) / fits
+            write = statistics.median(timed(lambda: logger.client.log_batch(run.info.run_id, metrics=metrics))
+                                      for _ in range(10))
+    per_epoch = logger.seconds["on_epoch_end"] / (rounds * epochs) + write  # the logged side ran `rounds` fits
+    per_fit = (logger.seconds["on_fit_start"] + logger.seconds["on_fit_end"]) / rounds
     direct = 1 + (per_epoch + per_fit / epochs) / (t_bare / epochs)
     print(f"(3) MLflow logging: {epochs} epochs with it {t_logged:.2f} s vs without {t_bare:.2f} s -> {ratio:.4f}x "
           f"side by side; directly: {1000 * per_epoch:.1f} ms per epoch (callback + the store's write) and "
