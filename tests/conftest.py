@@ -39,7 +39,7 @@ def write_npz(path: Path, n_train: int = 500, n_test: int = 200, seed: int = 0) 
     return path
 
 
-# pytest-xdist (``-n auto`` in pyproject.toml) runs each group on one worker: a file's tests stay
+# pytest-xdist (``-n logical`` in pyproject.toml) runs each group on one worker: a file's tests stay
 # together, so its module fixtures run once, and the files sharing tiny_sweeps' sweep are one group.
 SHARED_SWEEP_FILES = {"test_train.py", "test_report.py", "test_browser.py"}
 
