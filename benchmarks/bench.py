@@ -59,6 +59,19 @@ def side_by_side(a, b, rounds: int) -> tuple[float, float, float]:
     return min(ta), min(tb), min(tb) / min(ta)
 
 
+def augmented_loader(split: Split, batch: int, device) -> DeviceLoader:
+    """The on-device training data path with the seed's augmentation (pad 2 reflect, crop, flip)."""
+    return DeviceLoader(split, batch, device, MEAN, STD, augment=Augment(2, "reflect", True), shuffle=True)
+
+
+def model_and_batches(split: Split, device, batch: int, width: int, steps: int):
+    """``steps`` precomputed training batches, a seeded ResNet-18 and its SGD optimizer."""
+    batches = [b for _, b in zip(range(steps), augmented_loader(split, batch, device))]
+    torch.manual_seed(0)
+    model = resnet18(width=width).to(device)
+    return batches, model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+
 class Batches:
     """The same precomputed batches every epoch, shaped like a DeviceLoader for the Trainer."""
 
@@ -94,7 +107,7 @@ def bench_data(split: Split, device, batch: int, rounds: int) -> float:
             return pil(Image.fromarray(hwc[i])), int(split.labels[i])
 
     baseline = DataLoader(PILSet(), batch_size=batch, shuffle=True, num_workers=0)
-    ours = DeviceLoader(split, batch, device, MEAN, STD, augment=Augment(2, "reflect", True), shuffle=True)
+    ours = augmented_loader(split, batch, device)
 
     def drain(loader):
         def run():
@@ -112,11 +125,7 @@ def bench_data(split: Split, device, batch: int, rounds: int) -> float:
 
 
 def bench_engine(split: Split, device, batch: int, width: int, steps: int, rounds: int) -> float:
-    loader = DeviceLoader(split, batch, device, MEAN, STD, augment=Augment(2, "reflect", True), shuffle=True)
-    batches = [b for _, b in zip(range(steps), loader)]
-    torch.manual_seed(0)
-    model = resnet18(width=width).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    batches, model, opt = model_and_batches(split, device, batch, width, steps)
 
     def bare():
         model.train()
@@ -169,11 +178,8 @@ def bench_mlflow(split: Split, device, batch: int, width: int, steps: int, round
     """
     from mlflow.entities import Metric
 
-    loader = DeviceLoader(split, batch, device, MEAN, STD, augment=Augment(2, "reflect", True), shuffle=True)
-    batches = [b for _, b in zip(range(steps), loader)]
+    batches, model, opt = model_and_batches(split, device, batch, width, steps)
     test = Batches(batches[:2])
-    model = resnet18(width=width).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     with tempfile.TemporaryDirectory() as tmp:
         from omegaconf import OmegaConf
         import mlflow
