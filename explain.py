@@ -1,5 +1,6 @@
 """Explain a trained run: GradCAM++ on its misclassified test images. ``python explain.py``
 picks the best run of the latest sweep; ``run_id=<id>`` a given one. See README.md."""
+
 import hydra
 from omegaconf import DictConfig
 

@@ -1,6 +1,7 @@
 """Find the learning rate: ``python find_lr.py`` runs torch-lr-finder's LR range test on the same
 model/data/optimizer groups as train.py and prints, as its last line, the sweep to run next, e.g.
 ``python train.py -m optimizer.lr=1e-2,9.33e-3``. See README.md."""
+
 import hydra
 from omegaconf import DictConfig
 

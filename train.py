@@ -1,4 +1,5 @@
 """Train one model, or sweep many: ``python train.py -m optimizer.lr=1e-2,9.33e-3``. See README.md."""
+
 import hydra
 from omegaconf import DictConfig
 

@@ -12,6 +12,7 @@ trains the seed and fast recipes as train.py composes them (experiment=seed / fa
 the real data and prints train images/s, seconds per epoch and the training time to 88% test
 accuracy; ``--max-epochs`` cuts them short, ``--override`` changes their config.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,10 @@ def images(args) -> Split:
     if args.npz:
         return load_dataset(".", args.npz, train_limit=args.images).train
     g = torch.Generator().manual_seed(0)
-    return Split(torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g),
-                 torch.randint(0, 10, (args.images,), generator=g))
+    return Split(
+        torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g),
+        torch.randint(0, 10, (args.images,), generator=g),
+    )
 
 
 def timed(fn) -> float:
@@ -90,14 +93,19 @@ class Batches:
 
 
 def bench_data(split: Split, device, batch: int, rounds: int) -> float:
+    from PIL import Image
     from torch.utils.data import DataLoader, Dataset
     from torchvision import transforms
-    from PIL import Image
 
     hwc = split.images.permute(0, 2, 3, 1).numpy()
-    pil = transforms.Compose([transforms.RandomCrop(32, padding=2, padding_mode="reflect"),
-                              transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-                              transforms.Normalize(MEAN, STD)])
+    pil = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=2, padding_mode="reflect"),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ]
+    )
 
     class PILSet(Dataset):
         def __len__(self):
@@ -111,16 +119,19 @@ def bench_data(split: Split, device, batch: int, rounds: int) -> float:
 
     def drain(loader):
         def run():
-            for x, _ in loader:
+            for _ in loader:
                 pass
             if device.type == "cuda":
                 torch.cuda.synchronize()
+
         return run
 
     t_ours, t_base, ratio = side_by_side(drain(ours), drain(baseline), rounds)
     n = len(split)
-    print(f"(1) data path: on-device {n / t_ours:,.0f} img/s vs DataLoader+PIL {n / t_base:,.0f} img/s "
-          f"-> {ratio:.1f}x faster  [target >= 10x]")
+    print(
+        f"(1) data path: on-device {n / t_ours:,.0f} img/s vs DataLoader+PIL {n / t_base:,.0f} img/s "
+        f"-> {ratio:.1f}x faster  [target >= 10x]"
+    )
     return ratio
 
 
@@ -140,8 +151,10 @@ def bench_engine(split: Split, device, batch: int, width: int, steps: int, round
     trainer = Trainer(model, opt, Batches(batches), None, device=device, progress=False)
     bare()  # warm-up
     t_bare, t_ours, ratio = side_by_side(bare, lambda: trainer.train_epoch(1), rounds)
-    print(f"(2) training step: engine {steps * batch / t_ours:,.0f} img/s vs bare loop "
-          f"{steps * batch / t_bare:,.0f} img/s -> overhead {ratio:.3f}x  [target <= 1.10x]")
+    print(
+        f"(2) training step: engine {steps * batch / t_ours:,.0f} img/s vs bare loop "
+        f"{steps * batch / t_bare:,.0f} img/s -> overhead {ratio:.3f}x  [target <= 1.10x]"
+    )
     return ratio
 
 
@@ -181,8 +194,8 @@ def bench_mlflow(split: Split, device, batch: int, width: int, steps: int, round
     batches, model, opt = model_and_batches(split, device, batch, width, steps)
     test = Batches(batches[:2])
     with tempfile.TemporaryDirectory() as tmp:
-        from omegaconf import OmegaConf
         import mlflow
+        from omegaconf import OmegaConf
 
         experiment = tracking.setup(OmegaConf.create({"uri": None, "store_dir": tmp, "experiment": "bench"}))
         with mlflow.start_run(experiment_id=experiment) as run:
@@ -195,23 +208,26 @@ def bench_mlflow(split: Split, device, batch: int, width: int, steps: int, round
                     trainer.epoch = 0
                     trainer.history.clear()
                     trainer.fit(epochs)
+
                 return run_epochs
 
             t_bare, t_logged, ratio = side_by_side(fit(bare), fit(logged), rounds)
             metrics = [Metric(k, float(v), 0, 1) for k, v in logged.history[-1].items() if k != "epoch"]
-            write = statistics.median(timed(lambda: logger.client.log_batch(run.info.run_id, metrics=metrics))
-                                      for _ in range(10))
+            write = statistics.median(
+                timed(lambda: logger.client.log_batch(run.info.run_id, metrics=metrics)) for _ in range(10)
+            )
     per_epoch = logger.seconds["on_epoch_end"] / (rounds * epochs) + write  # the logged side ran `rounds` fits
     per_fit = (logger.seconds["on_fit_start"] + logger.seconds["on_fit_end"]) / rounds
     direct = 1 + (per_epoch + per_fit / epochs) / (t_bare / epochs)
-    print(f"(3) MLflow logging: {epochs} epochs with it {t_logged:.2f} s vs without {t_bare:.2f} s -> {ratio:.4f}x "
-          f"side by side; directly: {1000 * per_epoch:.1f} ms per epoch (callback + the store's write) and "
-          f"{1000 * per_fit:.1f} ms per fit, against {t_bare / epochs:.2f} s epochs -> {direct:.4f}x  [target <= 1.02x]")
+    print(
+        f"(3) MLflow logging: {epochs} epochs with it {t_logged:.2f} s vs without {t_bare:.2f} s -> {ratio:.4f}x "
+        f"side by side; directly: {1000 * per_epoch:.1f} ms per epoch (callback + the store's write) and "
+        f"{1000 * per_fit:.1f} ms per fit, against {t_bare / epochs:.2f} s epochs -> {direct:.4f}x  [target <= 1.02x]"
+    )
     return ratio
 
 
-def bench_recipes(recipes: list[str], device, npz: str | None, max_epochs: int | None,
-                  overrides: list[str]) -> None:
+def bench_recipes(recipes: list[str], device, npz: str | None, max_epochs: int | None, overrides: list[str]) -> None:
     """Each recipe as train.py composes it, trained without MLflow from a fresh seeded model."""
     from hydra import compose, initialize_config_dir
 
@@ -221,9 +237,16 @@ def bench_recipes(recipes: list[str], device, npz: str | None, max_epochs: int |
 
     with initialize_config_dir(str(ROOT / "conf"), version_base=None):
         for recipe in recipes:
-            cfg = compose("train", overrides=[f"experiment={recipe}", f"trainer.device={device}",
-                                              "trainer.progress=false", *([f"data.npz={npz}"] if npz else []),
-                                              *overrides])
+            cfg = compose(
+                "train",
+                overrides=[
+                    f"experiment={recipe}",
+                    f"trainer.device={device}",
+                    "trainer.progress=false",
+                    *([f"data.npz={npz}"] if npz else []),
+                    *overrides,
+                ],
+            )
             validate(cfg)
             data = run.load_data(cfg)
             seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
@@ -239,15 +262,19 @@ def bench_recipes(recipes: list[str], device, npz: str | None, max_epochs: int |
             if "epochs_to_target" in summary:
                 reached = summary["epochs_to_target"]
                 wall_to = sum(m["epoch_time"] + m["eval_time"] for m in history[:reached])
-                target = (f"{100 * cfg.target_acc:g}% at epoch {reached} after {summary['train_time_to_target']:.1f} s "
-                          f"of training ({wall_to:.1f} s with evaluation)")
+                target = (
+                    f"{100 * cfg.target_acc:g}% at epoch {reached} after {summary['train_time_to_target']:.1f} s "
+                    f"of training ({wall_to:.1f} s with evaluation)"
+                )
             else:
                 target = f"{100 * cfg.target_acc:g}% not reached"
             compiled = f", compile {summary['compile_time']:.1f} s apart" if "compile_time" in summary else ""
-            print(f"(4) {recipe}: {epochs} of {cfg.trainer.epochs} epochs, {speed:,.0f} train img/s, "
-                  f"{per_epoch:.2f} s/epoch (medians); {target}; best test accuracy "
-                  f"{100 * summary['best_test_acc']:.2f}% (epoch {summary['best_epoch']}); {epochs} epochs: "
-                  f"{train_s:.1f} s training, {wall:.1f} s with evaluation{compiled}")
+            print(
+                f"(4) {recipe}: {epochs} of {cfg.trainer.epochs} epochs, {speed:,.0f} train img/s, "
+                f"{per_epoch:.2f} s/epoch (medians); {target}; best test accuracy "
+                f"{100 * summary['best_test_acc']:.2f}% (epoch {summary['best_epoch']}); {epochs} epochs: "
+                f"{train_s:.1f} s training, {wall:.1f} s with evaluation{compiled}"
+            )
 
 
 def main() -> None:
@@ -265,11 +292,17 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device(args.device)
     width = args.width or (64 if device.type == "cuda" else 16)
-    recipes = [r for r in (args.recipes if args.recipes is not None else
-                           "seed,fast" if device.type == "cuda" else "").split(",") if r]
+    recipes = [
+        r
+        for r in (args.recipes if args.recipes is not None else "seed,fast" if device.type == "cuda" else "").split(",")
+        if r
+    ]
     split = images(args)
-    print(f"sweeplab benchmark: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"torch {torch.__version__}, {'real' if args.npz else 'random'} images, batch 128, ResNet-18 width {width}")
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(
+        f"sweeplab benchmark: {device} ({where}), "
+        f"torch {torch.__version__}, {'real' if args.npz else 'random'} images, batch 128, ResNet-18 width {width}"
+    )
     bench_data(split, device, 128, args.rounds)
     bench_engine(split, device, 128, width, args.steps, args.rounds)
     bench_mlflow(split, device, 128, width, args.steps, args.rounds, args.epochs)

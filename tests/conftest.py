@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny learnable data set in the cifar10.npz layout, a private MLflow store,
 and a runner for the real entry points as subprocesses."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # A model small enough that an epoch over the tiny data set takes about a second on one core.
-TINY = ["model=resnet18_narrow", "model.width=4", "trainer.batch_size=50", "trainer.eval_batch_size=500",
-        "trainer.device=cpu", "data.train_limit=null", "data.test_limit=null"]
+TINY = [
+    "model=resnet18_narrow",
+    "model.width=4",
+    "trainer.batch_size=50",
+    "trainer.eval_batch_size=500",
+    "trainer.device=cpu",
+    "data.train_limit=null",
+    "data.test_limit=null",
+]
 
 
 def make_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -26,7 +34,7 @@ def make_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
     images = rng.integers(0, 90, size=(n, 32, 32, 3), dtype=np.uint8)
     for i, k in enumerate(labels):
         r, c = 4 + 6 * (k // 4), 4 + 7 * (k % 4)
-        images[i, r:r + 8, c:c + 8, k % 3] = 250
+        images[i, r : r + 8, c : c + 8, k % 3] = 250
     return images, labels.astype(np.int64)
 
 
@@ -34,8 +42,7 @@ def write_npz(path: Path, n_train: int = 500, n_test: int = 200, seed: int = 0) 
     rng = np.random.default_rng(seed)
     tr_x, tr_y = make_images(n_train, rng)
     te_x, te_y = make_images(n_test, rng)
-    np.savez(path, train_images=tr_x, train_labels=tr_y, test_images=te_x, test_labels=te_y,
-             classes=np.array(CLASSES))
+    np.savez(path, train_images=tr_x, train_labels=tr_y, test_images=te_x, test_labels=te_y, classes=np.array(CLASSES))
     return path
 
 
@@ -76,8 +83,12 @@ def workdir(tmp_path, tiny_npz) -> dict:
     return {
         "tmp": tmp_path,
         "store": tmp_path / "mlruns",
-        "overrides": [f"tracking.store_dir={tmp_path / 'mlruns'}", f"paths.log_dir={tmp_path / 'outputs'}",
-                      f"paths.checkpoint_dir={tmp_path / 'checkpoints'}", f"data.npz={tiny_npz}"],
+        "overrides": [
+            f"tracking.store_dir={tmp_path / 'mlruns'}",
+            f"paths.log_dir={tmp_path / 'outputs'}",
+            f"paths.checkpoint_dir={tmp_path / 'checkpoints'}",
+            f"data.npz={tiny_npz}",
+        ],
     }
 
 
@@ -91,8 +102,14 @@ def entry_env(**extra: str) -> dict:
 
 def run_entry(script: str, *args: str, env: dict | None = None, timeout: int = 300, cwd=None):
     """Run ``python <script> args...`` from another working directory, as a user would."""
-    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True,
-                          timeout=timeout, env=entry_env(**(env or {})), cwd=cwd or ROOT.parent)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=entry_env(**(env or {})),
+        cwd=cwd or ROOT.parent,
+    )
 
 
 def mlflow_client(store: Path):

@@ -1,6 +1,7 @@
 """The MLflow UI in a real browser: `mlflow ui` on 127.0.0.1 over a store holding a tiny 2-run
 sweep, rendered by headless Chromium. Skips when no Chromium/Chrome is installed
 (.ci/install-chromium.sh installs it; SWEEPLAB_CHROMIUM names a binary)."""
+
 from __future__ import annotations
 
 import html
@@ -38,8 +39,10 @@ def visible_text(dom: str) -> str:
 def browser():
     path = find_browser()
     if path is None:
-        pytest.skip("no headless browser: none of " + ", ".join(BROWSERS) + " is on PATH "
-                    "(run .ci/install-chromium.sh, or set SWEEPLAB_CHROMIUM to a Chromium/Chrome binary)")
+        pytest.skip(
+            "no headless browser: none of " + ", ".join(BROWSERS) + " is on PATH "
+            "(run .ci/install-chromium.sh, or set SWEEPLAB_CHROMIUM to a Chromium/Chrome binary)"
+        )
     return path
 
 
@@ -50,9 +53,23 @@ def ui(browser, tmp_path_factory, tiny_npz):
     assert sweep["result"].returncode == 0, sweep["result"].stderr[-3000:]
     port = free_port()
     log = open(sweep["tmp"] / "mlflow-ui.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
-                               f"sqlite:///{sweep['store'] / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            f"sqlite:///{sweep['store'] / 'mlflow.db'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240  # a busy CI machine starts it slowly
@@ -75,10 +92,24 @@ def ui(browser, tmp_path_factory, tiny_npz):
 
 def render(browser: str, url: str, screenshot, profile) -> str:
     """The DOM after the page's scripts ran, and a screenshot of it."""
-    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-           "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--window-size=1600,1000",
-           f"--screenshot={screenshot}", "--dump-dom", url]
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=15000",
+        "--window-size=1600,1000",
+        f"--screenshot={screenshot}",
+        "--dump-dom",
+        url,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # slow on a busy machine
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
@@ -95,8 +126,14 @@ def test_runs_page_shows_both_runs(ui, browser, tmp_path):
         assert f"| {name} |" in text, text[-1500:]
     # The README's filter narrows the page to the sweep's jobs.
     query = urllib.parse.quote(f"tags.`sweeplab.sweep` = '{sweep_id}'")
-    text = visible_text(render(browser, f"{ui['url']}/#/experiments/{exp}/runs?searchFilter={query}",
-                               tmp_path / "filtered.png", tmp_path / "profile"))
+    text = visible_text(
+        render(
+            browser,
+            f"{ui['url']}/#/experiments/{exp}/runs?searchFilter={query}",
+            tmp_path / "filtered.png",
+            tmp_path / "profile",
+        )
+    )
     assert "| 2 | matching runs |" in text and f"report {sweep_id}" not in text, text[-1500:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 

@@ -1,4 +1,5 @@
 """Config composition in-process, for every group option, and the checks on bad input."""
+
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from hydra.utils import instantiate
 import sweeplab  # noqa: F401  (resolvers)
 from sweeplab.run import build_scheduler
 from sweeplab.settings import ConfigError, resolve_device, validate
+
 from conftest import ROOT
 
 GROUPS = ["model", "optimizer", "scheduler", "augmentation", "data", "trainer", "tracking", "paths", "experiment"]
@@ -74,17 +76,20 @@ def test_unknown_group_option_is_refused():
         cfg_with("optimizer=nope")
 
 
-@pytest.mark.parametrize("override,message", [
-    ("optimizer.lr=-1", "optimizer.lr=-1 must be a positive number"),
-    ("optimizer.lr=0", "optimizer.lr=0 must be a positive number"),
-    ("trainer.epochs=0", "trainer.epochs=0 must be an integer >= 1"),
-    ("trainer.batch_size=0", "trainer.batch_size=0"),
-    ("trainer.device=tpu", "trainer.device='tpu'"),
-    ("trainer.precision=fp8", "trainer.precision='fp8'"),
-    ("scheduler.monitor=val_loss", "needs a validation split"),
-    ("augmentation.pad_mode=wrap", "augmentation.pad_mode='wrap'"),
-    ("target_acc=88", "target_acc=88"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optimizer.lr=-1", "optimizer.lr=-1 must be a positive number"),
+        ("optimizer.lr=0", "optimizer.lr=0 must be a positive number"),
+        ("trainer.epochs=0", "trainer.epochs=0 must be an integer >= 1"),
+        ("trainer.batch_size=0", "trainer.batch_size=0"),
+        ("trainer.device=tpu", "trainer.device='tpu'"),
+        ("trainer.precision=fp8", "trainer.precision='fp8'"),
+        ("scheduler.monitor=val_loss", "needs a validation split"),
+        ("augmentation.pad_mode=wrap", "augmentation.pad_mode='wrap'"),
+        ("target_acc=88", "target_acc=88"),
+    ],
+)
 def test_bad_values_give_one_line_errors(override, message):
     with pytest.raises(ConfigError, match=None) as err:
         validate(cfg_with(override))

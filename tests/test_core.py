@@ -1,4 +1,5 @@
 """The model, the batched augmentation, data loading and the engine, in-process on small data."""
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +7,7 @@ import torch
 from sweeplab.data import Augment, DataError, DeviceLoader, Split, load_dataset
 from sweeplab.engine import Trainer, seed_everything
 from sweeplab.models import resnet18
+
 from conftest import write_npz
 
 CPU = torch.device("cpu")
@@ -44,8 +46,12 @@ def test_crop_is_a_window_of_the_padded_image(mode):
     out = aug(padded, torch.arange(16), 32, torch.Generator().manual_seed(2))
     offsets = set()
     for i in range(16):
-        found = [(dy, dx) for dy in range(5) for dx in range(5)
-                 if torch.equal(out[i], padded[i, :, dy:dy + 32, dx:dx + 32])]
+        found = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(out[i], padded[i, :, dy : dy + 32, dx : dx + 32])
+        ]
         assert found, "every crop is a 32x32 window inside the padding"
         offsets.add(found[0])
     assert len(offsets) > 3  # the offsets are random
@@ -93,8 +99,15 @@ def test_engine_lowers_the_loss_and_checkpoints(tmp_path, tiny_npz):
     train = DeviceLoader(data.train, 50, shuffle=True, augment=Augment(2, "reflect", True), **common)
     test = DeviceLoader(data.test, 200, **common)
     model = resnet18(width=4)
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), train, test,
-                      device=CPU, checkpoint_dir=tmp_path / "ck", target_acc=0.15)
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+        train,
+        test,
+        device=CPU,
+        checkpoint_dir=tmp_path / "ck",
+        target_acc=0.15,
+    )
     history = trainer.fit(4)
     assert [m["epoch"] for m in history] == [1, 2, 3, 4]
     assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]

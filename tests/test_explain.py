@@ -1,6 +1,7 @@
 """explain.py end to end: a tiny two-run sweep trained once per module, then the best run explained
 by the real entry point (subprocess); options and every error through the same task function
 in-process, so the module stays within its time budget (each subprocess pays ~5 s of imports)."""
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,11 @@ from hydra import compose, initialize_config_dir
 from matplotlib.image import imread
 from omegaconf import OmegaConf
 
-from conftest import ROOT, TINY, mlflow_client, run_entry
 from sweeplab import plots
-from sweeplab.explain import ExplainError, FILES, cam_method, main, resolve_layer
+from sweeplab.explain import FILES, ExplainError, cam_method, main, resolve_layer
 from sweeplab.models import resnet18
+
+from conftest import ROOT, TINY, mlflow_client, run_entry
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +24,12 @@ def sweep(tmp_path_factory, tiny_npz):
     """Two FINISHED runs of one sweep; 4 epochs learn the tiny data far better than 1."""
     tmp = tmp_path_factory.mktemp("explain")
     store = tmp / "mlruns"
-    where = [f"tracking.store_dir={store}", f"paths.log_dir={tmp / 'outputs'}",
-             f"paths.checkpoint_dir={tmp / 'checkpoints'}"]
-    done = run_entry("train.py", "-m", "trainer.epochs=1,4", "optimizer.lr=0.05", *TINY, *where,
-                     f"data.npz={tiny_npz}")
+    where = [
+        f"tracking.store_dir={store}",
+        f"paths.log_dir={tmp / 'outputs'}",
+        f"paths.checkpoint_dir={tmp / 'checkpoints'}",
+    ]
+    done = run_entry("train.py", "-m", "trainer.epochs=1,4", "optimizer.lr=0.05", *TINY, *where, f"data.npz={tiny_npz}")
     assert done.returncode == 0, done.stderr[-3000:]
     client = mlflow_client(store)
     runs = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
@@ -34,8 +38,16 @@ def sweep(tmp_path_factory, tiny_npz):
     runs.sort(key=lambda r: r.data.metrics["best_test_acc"])
     worse, best = runs
     assert best.data.metrics["best_test_acc"] > worse.data.metrics["best_test_acc"] + 0.05
-    return {"tmp": tmp, "store": store, "where": where, "client": client, "best": best, "worse": worse,
-            "experiment_id": best.info.experiment_id, "sweep_id": best.data.tags["sweeplab.sweep"]}
+    return {
+        "tmp": tmp,
+        "store": store,
+        "where": where,
+        "client": client,
+        "best": best,
+        "worse": worse,
+        "experiment_id": best.info.experiment_id,
+        "sweep_id": best.data.tags["sweeplab.sweep"],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +129,21 @@ def test_figures_are_logged_to_the_explained_run_only(sweep, explained):
 def test_sweep_metric_direction_and_grid_options(sweep, explain_cfg, tmp_path):
     """sweep=<id> direction=min picks the worse run; a 2x3 grid of true-class GradCAM on layer3."""
     out = tmp_path / "out"
-    main(explain_cfg(f"sweep={sweep['sweep_id']}", "metric=best_test_acc", "direction=min", "num_images=6",
-                     "rows=2", "cols=3", "target=true", "method=gradcam", "target_layer=layer3",
-                     "log_artifacts=false", f"output_dir={out}"))
+    main(
+        explain_cfg(
+            f"sweep={sweep['sweep_id']}",
+            "metric=best_test_acc",
+            "direction=min",
+            "num_images=6",
+            "rows=2",
+            "cols=3",
+            "target=true",
+            "method=gradcam",
+            "target_layer=layer3",
+            "log_artifacts=false",
+            f"output_dir={out}",
+        )
+    )
     summary = json.loads((out / FILES["summary"]).read_text())
     assert summary["run_id"] == sweep["worse"].info.run_id
     assert summary["grid"] == [2, 3] and summary["explained"] == 6
@@ -153,8 +177,13 @@ def test_target_layer_names():
 # -- errors ------------------------------------------------------------------------------------------
 def test_no_runs_from_the_entry_point(sweep, tmp_path):
     """An experiment with no runs (here: one the store lacks; a fresh store would add ~10 s of migrations)."""
-    done = run_entry("explain.py", f"tracking.store_dir={sweep['store']}", "tracking.experiment=nothing-here",
-                     f"paths.log_dir={tmp_path / 'logs'}", f"output_dir={tmp_path / 'out'}")
+    done = run_entry(
+        "explain.py",
+        f"tracking.store_dir={sweep['store']}",
+        "tracking.experiment=nothing-here",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        f"output_dir={tmp_path / 'out'}",
+    )
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].startswith("error: no runs in experiment 'nothing-here'")
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
@@ -166,8 +195,9 @@ def test_unknown_run_id_and_method(explain_cfg, capsys):
 
 
 def test_unknown_layer(sweep, explain_cfg, capsys, tmp_path):
-    line = fails(explain_cfg(f"run_id={sweep['best'].info.run_id}", "target_layer=layer9",
-                             f"output_dir={tmp_path}/out"), capsys)
+    line = fails(
+        explain_cfg(f"run_id={sweep['best'].info.run_id}", "target_layer=layer9", f"output_dir={tmp_path}/out"), capsys
+    )
     assert "target_layer='layer9'" in line and "layer4" in line
     assert not (tmp_path / "out").exists()
 
@@ -211,7 +241,7 @@ def test_checkpoint_the_config_cannot_rebuild(sweep, explain_cfg, capsys, tmp_pa
 
 def test_corrupt_checkpoint(sweep, explain_cfg, capsys, tmp_path, best_artifacts):
     config, checkpoint = best_artifacts
-    run_id = _fake_run(sweep, tmp_path, "truncated", config=config, checkpoint=checkpoint[:len(checkpoint) // 2])
+    run_id = _fake_run(sweep, tmp_path, "truncated", config=config, checkpoint=checkpoint[: len(checkpoint) // 2])
     assert "is corrupt or truncated" in fails(explain_cfg(f"run_id={run_id}"), capsys)
 
 
@@ -224,8 +254,9 @@ def test_no_misclassified_images_writes_nothing(sweep, explained, explain_cfg, c
     arrays["test_images"], arrays["test_labels"] = arrays["test_images"][right], arrays["test_labels"][right]
     np.savez(tmp_path / "easy.npz", **arrays)
     out = tmp_path / "out"
-    line = fails(explain_cfg(f"run_id={sweep['best'].info.run_id}", f"data.npz={tmp_path / 'easy.npz'}",
-                             f"output_dir={out}"), capsys)
+    line = fails(
+        explain_cfg(f"run_id={sweep['best'].info.run_id}", f"data.npz={tmp_path / 'easy.npz'}", f"output_dir={out}"),
+        capsys,
+    )
     assert f"classifies all {len(right)} test images correctly" in line
     assert not out.exists() or not any(out.iterdir())
-

@@ -1,5 +1,6 @@
 """find_lr.py: the LR range test end to end on the tiny data set, the sweep command it prints (parsed
 by Hydra and run), its files and MLflow run, and its one-line errors."""
+
 import csv
 import math
 import re
@@ -18,17 +19,28 @@ from sweeplab import lr_finder
 from sweeplab.data import DeviceLoader, load_dataset
 from sweeplab.models import resnet18
 from sweeplab.settings import ConfigError
+
 from conftest import ROOT, TINY, mlflow_client, run_entry
 
 PNG = b"\x89PNG\r\n\x1a\n"
 START, END = 1e-3, 0.1
-RANGE = [f"lr_finder.start_lr={START}", f"lr_finder.end_lr={END}", "lr_finder.num_iter=20", "lr_finder.runs=2",
-         "lr_finder.val=test", "lr_finder.val_subset=100"]
+RANGE = [
+    f"lr_finder.start_lr={START}",
+    f"lr_finder.end_lr={END}",
+    "lr_finder.num_iter=20",
+    "lr_finder.runs=2",
+    "lr_finder.val=test",
+    "lr_finder.val_subset=100",
+]
 
 
 def where(tmp, npz) -> list[str]:
-    return [f"tracking.store_dir={tmp / 'mlruns'}", f"paths.log_dir={tmp / 'outputs'}",
-            f"paths.checkpoint_dir={tmp / 'checkpoints'}", f"data.npz={npz}"]
+    return [
+        f"tracking.store_dir={tmp / 'mlruns'}",
+        f"paths.log_dir={tmp / 'outputs'}",
+        f"paths.checkpoint_dir={tmp / 'checkpoints'}",
+        f"data.npz={npz}",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +130,8 @@ def test_mlflow_run_records_params_suggestions_and_artifacts(found):
     assert run.info.status == "FINISHED"
     assert run.data.params["lr_finder.num_iter"] == "20" and run.data.params["model.width"] == "4"
     assert run.data.params["suggested_lrs"] == ",".join(
-        dict.fromkeys(lr_finder.format_lr(r["suggested_lr_exact"]) for r in found["summary"]["runs"]))
+        dict.fromkeys(lr_finder.format_lr(r["suggested_lr_exact"]) for r in found["summary"]["runs"])
+    )
     assert found["summary"]["override"] == "optimizer.lr=" + run.data.params["suggested_lrs"]
     assert run.data.tags["sweeplab.task"] == "lr_finder"
     assert run.data.tags["sweeplab.next_command"] == found["summary"]["command"]
@@ -127,8 +140,13 @@ def test_mlflow_run_records_params_suggestions_and_artifacts(found):
         curve = client.get_metric_history(run.info.run_id, f"run{i}_loss")
         assert len(curve) == r["steps"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "lr_finder")}
-    assert {"lr_finder/suggestions.yaml", "lr_finder/lr_finder_summary.png", "lr_finder/run0_lr_finder.png",
-            "lr_finder/run1_history.csv", "lr_finder/history.json"} <= artifacts
+    assert {
+        "lr_finder/suggestions.yaml",
+        "lr_finder/lr_finder_summary.png",
+        "lr_finder/run0_lr_finder.png",
+        "lr_finder/run1_history.csv",
+        "lr_finder/history.json",
+    } <= artifacts
 
 
 def test_printed_command_runs_one_finished_training_run_per_value(found):
@@ -157,16 +175,19 @@ def compose_find_lr(*overrides):
         return compose("find_lr", overrides=list(overrides))
 
 
-@pytest.mark.parametrize("override, words", [
-    ("lr_finder.start_lr=1", "must be below lr_finder.end_lr"),
-    ("lr_finder.start_lr=0", "must be positive"),
-    ("lr_finder.runs=0", "lr_finder.runs=0 must be an integer >= 1"),
-    ("lr_finder.step_mode=cosine", "must be one of exp, linear"),
-    ("lr_finder.smooth_f=1", "must lie in [0, 1)"),
-    ("lr_finder.val=val", "needs a held-out split"),
-    ("lr_finder.val_subset=0", "lr_finder.val_subset=0 must be an integer >= 1"),
-    ("optimizer.lr=-1", "optimizer.lr=-1"),  # the common checks run too
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("lr_finder.start_lr=1", "must be below lr_finder.end_lr"),
+        ("lr_finder.start_lr=0", "must be positive"),
+        ("lr_finder.runs=0", "lr_finder.runs=0 must be an integer >= 1"),
+        ("lr_finder.step_mode=cosine", "must be one of exp, linear"),
+        ("lr_finder.smooth_f=1", "must lie in [0, 1)"),
+        ("lr_finder.val=val", "needs a held-out split"),
+        ("lr_finder.val_subset=0", "lr_finder.val_subset=0 must be an integer >= 1"),
+        ("optimizer.lr=-1", "optimizer.lr=-1"),  # the common checks run too
+    ],
+)
 def test_bad_input_is_a_config_error(override, words):
     with pytest.raises(ConfigError) as err:
         lr_finder.validate(compose_find_lr(override))
@@ -202,10 +223,12 @@ def test_early_divergence_gives_a_message_not_a_suggestion(tiny_parts):
     torch.manual_seed(0)
     model = resnet18(num_classes=10, width=4)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    lcfg = OmegaConf.merge(compose_find_lr().lr_finder,
-                           {"start_lr": 10.0, "end_lr": 1e6, "num_iter": 40, "smooth_f": 0.0, "val": "none"})
-    history, suggestion, message = lr_finder.range_test(model, opt, torch.nn.CrossEntropyLoss(), loader, None, lcfg,
-                                                        device=torch.device("cpu"))
+    lcfg = OmegaConf.merge(
+        compose_find_lr().lr_finder, {"start_lr": 10.0, "end_lr": 1e6, "num_iter": 40, "smooth_f": 0.0, "val": "none"}
+    )
+    history, suggestion, message = lr_finder.range_test(
+        model, opt, torch.nn.CrossEntropyLoss(), loader, None, lcfg, device=torch.device("cpu")
+    )
     assert suggestion is None and len(history["lr"]) < 17
     assert "too early for a suggestion" in message and "lr_finder.end_lr" in message
     assert "\n" not in message
@@ -218,8 +241,9 @@ def test_range_test_leaves_the_model_and_optimizer_as_they_came(tiny_parts):
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     lcfg = OmegaConf.merge(compose_find_lr().lr_finder, {"num_iter": 17, "end_lr": 0.1, "val": "none"})
-    history, suggestion, _ = lr_finder.range_test(model, opt, torch.nn.CrossEntropyLoss(), loader, None, lcfg,
-                                                  device=torch.device("cpu"))
+    history, suggestion, _ = lr_finder.range_test(
+        model, opt, torch.nn.CrossEntropyLoss(), loader, None, lcfg, device=torch.device("cpu")
+    )
     assert len(history["lr"]) == 17 and START <= suggestion <= 0.1
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN statistics restored
@@ -245,8 +269,17 @@ def test_a_suggestion_at_the_window_edge_is_flagged():
     assert not lr_finder.at_window_edge(lrs, None, 10, 5)
 
 
-@pytest.mark.parametrize("value, text", [(0.01, "1e-2"), (0.009326033468832199, "9.33e-3"), (0.0123456, "1.23e-2"),
-                                         (0.1, "1e-1"), (2.5, "2.5e0"), (1e-7, "1e-7")])
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (0.01, "1e-2"),
+        (0.009326033468832199, "9.33e-3"),
+        (0.0123456, "1.23e-2"),
+        (0.1, "1e-1"),
+        (2.5, "2.5e0"),
+        (1e-7, "1e-7"),
+    ],
+)
 def test_format_lr_three_significant_digits(value, text):
     assert lr_finder.format_lr(value) == text
     assert math.isclose(float(text), value, rel_tol=5e-3)

@@ -1,12 +1,13 @@
 """The sweep report: written by the multirun callback, on demand, and logged to MLflow."""
+
 import csv
 import statistics
 
 import pytest
 
-from tiny_sweeps import run_sweep, two_run_sweep
-
 from sweeplab import report as rp
+
+from tiny_sweeps import run_sweep, two_run_sweep
 
 
 @pytest.fixture(scope="module")
@@ -19,14 +20,21 @@ def sweep(tmp_path_factory, tiny_npz):
 @pytest.fixture(scope="module")
 def failed_sweep(tmp_path_factory, tiny_npz):
     # lr=1e6 drives the training loss to NaN within the epoch's 10 steps: that job's run ends FAILED.
-    return run_sweep("one_failed", tmp_path_factory.getbasetemp(), tiny_npz,
-                     "optimizer.lr=0.05,1e6", "trainer.epochs=1", "trainer.batch_size=10")
+    return run_sweep(
+        "one_failed",
+        tmp_path_factory.getbasetemp(),
+        tiny_npz,
+        "optimizer.lr=0.05,1e6",
+        "trainer.epochs=1",
+        "trainer.batch_size=10",
+    )
 
 
 def job_runs(s):
     client = s["client"]
-    runs = client.search_runs([s["experiment"].experiment_id], "tags.`sweeplab.sweep` LIKE '%'",
-                              order_by=["attributes.start_time ASC"])
+    runs = client.search_runs(
+        [s["experiment"].experiment_id], "tags.`sweeplab.sweep` LIKE '%'", order_by=["attributes.start_time ASC"]
+    )
     return runs
 
 
@@ -50,8 +58,7 @@ def test_multirun_writes_the_report_into_its_sweep_folder(sweep):
 
 def test_figure_has_four_axes_with_one_line_per_run(sweep):
     sweep_id = job_runs(sweep)[0].data.tags["sweeplab.sweep"]
-    report = rp.build_report(sweep["experiment"].experiment_id, sweep_id, log_to_mlflow=False,
-                             client=sweep["client"])
+    report = rp.build_report(sweep["experiment"].experiment_id, sweep_id, log_to_mlflow=False, client=sweep["client"])
     axes = report.figure.axes
     assert [ax.get_title() for ax in axes] == ["Test accuracy", "Test loss", "Train accuracy", "Train loss"]
     for ax in axes:
@@ -70,8 +77,13 @@ def test_table_rows_match_the_runs_mlflow_metrics(sweep):
     client, runs, rows = sweep["client"], job_runs(sweep), read_csv(sweep)
     assert [r["run_id"] for r in rows] == [r.info.run_id for r in runs]
     for row, run in zip(rows, runs):
-        m, history = run.data.metrics, {k: sorted(client.get_metric_history(run.info.run_id, k), key=lambda x: x.step)
-                                        for k in ("lr", "images_per_sec")}
+        m, history = (
+            run.data.metrics,
+            {
+                k: sorted(client.get_metric_history(run.info.run_id, k), key=lambda x: x.step)
+                for k in ("lr", "images_per_sec")
+            },
+        )
         assert row["run"] == run.info.run_name
         assert row["overrides"] == run.data.tags["sweeplab.overrides"]
         assert row["status"] == "FINISHED" and row["failure"] == ""
@@ -83,7 +95,8 @@ def test_table_rows_match_the_runs_mlflow_metrics(sweep):
         assert float(row["final_lr"]) == history["lr"][-1].value == float(run.data.params["optimizer.lr"])
         assert float(row["wall_time_s"]) == (run.info.end_time - run.info.start_time) / 1000
         assert float(row["images_per_sec"]) == pytest.approx(
-            statistics.fmean(x.value for x in history["images_per_sec"]), rel=1e-12)
+            statistics.fmean(x.value for x in history["images_per_sec"]), rel=1e-12
+        )
     (sweep_dir,) = sweep["sweep_dirs"]
     markdown = (sweep_dir / "report" / "comparison.md").read_text()
     for run in runs:

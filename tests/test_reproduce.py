@@ -1,10 +1,12 @@
 """Reproduce a run, resume it after a kill, and never lose a run: subprocesses on tiny data."""
+
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+
 from conftest import ROOT, TINY, entry_env, mlflow_client, run_entry
 
 EPOCHS = 4
@@ -14,8 +16,14 @@ METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_npz):
     tmp = tmp_path_factory.mktemp("repro")
-    overrides = [*TINY, f"trainer.epochs={EPOCHS}", f"tracking.store_dir={tmp / 'mlruns'}",
-                 f"paths.log_dir={tmp / 'outputs'}", f"paths.checkpoint_dir={tmp / 'ck'}", f"data.npz={tiny_npz}"]
+    overrides = [
+        *TINY,
+        f"trainer.epochs={EPOCHS}",
+        f"tracking.store_dir={tmp / 'mlruns'}",
+        f"paths.log_dir={tmp / 'outputs'}",
+        f"paths.checkpoint_dir={tmp / 'ck'}",
+        f"data.npz={tiny_npz}",
+    ]
     return {"tmp": tmp, "overrides": overrides, "client": lambda: mlflow_client(tmp / "mlruns")}
 
 
@@ -57,8 +65,15 @@ def test_reproduce_from_run_id_gives_identical_metrics(store, reference):
 def test_reproduce_from_saved_config_folder_with_hydra(store, reference, tmp_path):
     run_id, expected = reference
     folder = store["client"]().download_artifacts(run_id, "config", str(tmp_path))
-    result = run_entry("train.py", "--config-dir", folder, "--config-name", "config",
-                       "tracking.run_name=from-folder", *store["overrides"][-4:])
+    result = run_entry(
+        "train.py",
+        "--config-dir",
+        folder,
+        "--config-name",
+        "config",
+        "tracking.run_name=from-folder",
+        *store["overrides"][-4:],
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     client, runs = runs_of(store)
     rerun = next(r for r in runs if r.info.run_name == "from-folder")
@@ -70,9 +85,13 @@ def _wait_for_epoch(client, run_name, epoch, proc, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, "the run ended before it could be interrupted"
-        runs = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id],
-                                  f"attributes.run_name = '{run_name}'") if client.get_experiment_by_name(
-            "cifar10") else []
+        runs = (
+            client.search_runs(
+                [client.get_experiment_by_name("cifar10").experiment_id], f"attributes.run_name = '{run_name}'"
+            )
+            if client.get_experiment_by_name("cifar10")
+            else []
+        )
         if runs and any(m.step >= epoch for m in client.get_metric_history(runs[0].info.run_id, "test_acc")):
             return runs[0].info.run_id
         time.sleep(0.2)
@@ -80,8 +99,13 @@ def _wait_for_epoch(client, run_name, epoch, proc, timeout=120):
 
 
 def _start(overrides, *extra):
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *overrides, *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=entry_env())
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *overrides, *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=entry_env(),
+    )
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(store, reference):
@@ -126,8 +150,7 @@ def test_truncated_checkpoint_is_a_clear_error(store, reference):
 
 
 def test_nan_loss_fails_its_job_and_the_sweep_goes_on(store):
-    result = run_entry("train.py", "-m", "optimizer.lr=0.05,1e12,0.02", "trainer.epochs=1",
-                       *store["overrides"])
+    result = run_entry("train.py", "-m", "optimizer.lr=0.05,1e12,0.02", "trainer.epochs=1", *store["overrides"])
     assert result.returncode == 1
     client, runs = runs_of(store)
     sweep = [r for r in runs if r.data.tags.get("sweeplab.sweep")]
@@ -138,9 +161,14 @@ def test_nan_loss_fails_its_job_and_the_sweep_goes_on(store):
 
 
 def test_four_concurrent_jobs_share_one_new_store(tmp_path, tiny_npz):
-    overrides = [*TINY, "trainer.epochs=2", f"tracking.store_dir={tmp_path / 'mlruns'}",
-                 f"paths.log_dir={tmp_path / 'outputs'}", f"paths.checkpoint_dir={tmp_path / 'ck'}",
-                 f"data.npz={tiny_npz}"]
+    overrides = [
+        *TINY,
+        "trainer.epochs=2",
+        f"tracking.store_dir={tmp_path / 'mlruns'}",
+        f"paths.log_dir={tmp_path / 'outputs'}",
+        f"paths.checkpoint_dir={tmp_path / 'ck'}",
+        f"data.npz={tiny_npz}",
+    ]
     procs = [_start(overrides, f"trainer.seed={i}", f"tracking.run_name=job{i}") for i in range(4)]
     errors = [p.communicate(timeout=300)[1] for p in procs]
     for proc, err in zip(procs, errors):

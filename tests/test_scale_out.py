@@ -5,6 +5,7 @@ The servers are started once for the module, side by side, and always stopped. P
 the system (Debian: /usr/lib/postgresql/*/bin, installed by .ci/install-postgres.sh); where it cannot
 be started the PostgreSQL test is skipped with the reason, unless SWEEPLAB_REQUIRE_POSTGRES=1 (CI).
 """
+
 from __future__ import annotations
 
 import glob
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import ROOT, TINY, free_port, run_entry, stop_process_group
 
 pytestmark = pytest.mark.slow
@@ -27,6 +29,7 @@ ONE_EPOCH = [*TINY, "trainer.epochs=1", "trainer.checkpoint_every=0"]
 
 # ----------------------------------------------------------------------------------------------
 # PostgreSQL: a private cluster on 127.0.0.1, in a temp folder, for this test session only.
+
 
 def _pg_bindir() -> Path | None:
     found = shutil.which("initdb")
@@ -58,15 +61,18 @@ def _start_postgres() -> tuple[str, callable]:
     port, data, log = free_port(), base / "data", base / "server.log"
 
     def run(*cmd, timeout=60):
-        res = subprocess.run([*as_user, *map(str, cmd)], capture_output=True, text=True, timeout=timeout,
-                             cwd=base)
+        res = subprocess.run([*as_user, *map(str, cmd)], capture_output=True, text=True, timeout=timeout, cwd=base)
         if res.returncode:
             tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["?"]
             raise RuntimeError(f"{Path(str(cmd[0])).name} failed: {tail[0]}")
 
     def stop():
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=30, cwd=base)
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=30,
+            cwd=base,
+        )
         shutil.rmtree(base, ignore_errors=True)
 
     try:
@@ -91,6 +97,7 @@ def _user_exists(name: str) -> bool:
 # ----------------------------------------------------------------------------------------------
 # MLflow servers with proxied artifacts.
 
+
 class Server:
     def __init__(self, backend: str, folder: Path):
         self.port, self.folder = free_port(), folder
@@ -100,10 +107,29 @@ class Server:
         self.log = open(folder / "server.log", "w")
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no background job runner
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-             "--serve-artifacts", "--artifacts-destination", str(self.artifacts),
-             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=folder)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                backend,
+                "--serve-artifacts",
+                "--artifacts-destination",
+                str(self.artifacts),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            cwd=folder,
+        )
 
     def wait(self, timeout: float = 150) -> None:
         import requests
@@ -200,13 +226,22 @@ def _check_sweep(server: Server, experiment: str, result, n: int, lrs: list[str]
 
 # ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_submitit_local_sweep_logs_to_a_server(servers, workdir, backend):
     server = _server(servers, backend)
     experiment = f"submitit_{backend}"
-    result = run_entry("train.py", "-m", "hydra/launcher=submitit_local", f"tracking.uri={server.uri}",
-                       f"tracking.experiment={experiment}", *workdir["overrides"], *ONE_EPOCH,
-                       "optimizer.lr=0.02,0.01", timeout=240)
+    result = run_entry(
+        "train.py",
+        "-m",
+        "hydra/launcher=submitit_local",
+        f"tracking.uri={server.uri}",
+        f"tracking.experiment={experiment}",
+        *workdir["overrides"],
+        *ONE_EPOCH,
+        "optimizer.lr=0.02,0.01",
+        timeout=240,
+    )
     _check_sweep(server, experiment, result, 2, ["0.02", "0.01"])
     assert not (workdir["store"] / "mlflow.db").exists(), "nothing went to the local store"
 
@@ -215,12 +250,22 @@ def test_optuna_study_on_joblib_each_trial_a_run_best_params_logged(servers, wor
     """Also the joblib launcher (2 trials at a time), finding the server through MLFLOW_TRACKING_URI."""
     server = _server(servers, "sqlite")
     fixed = [o for o in ONE_EPOCH if not o.startswith("trainer.batch_size=")]
-    result = run_entry("train.py", "-m", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=3",
-                       "hydra.sweeper.sampler.n_startup_trials=2", "hydra.sweeper.n_jobs=2",
-                       "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                       "tracking.experiment=optuna", *workdir["overrides"], *fixed,
-                       "trainer.batch_size=choice(50,100)",  # replaces the config's choices
-                       env={"MLFLOW_TRACKING_URI": server.uri}, timeout=240)
+    result = run_entry(
+        "train.py",
+        "-m",
+        "hparams_search=optuna_lr",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "tracking.experiment=optuna",
+        *workdir["overrides"],
+        *fixed,
+        "trainer.batch_size=choice(50,100)",  # replaces the config's choices
+        env={"MLFLOW_TRACKING_URI": server.uri},
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     best_line = [line for line in result.stdout.splitlines() if line.startswith("optuna: best best_test_acc = ")]
     assert len(best_line) == 1, result.stdout[-2000:]
@@ -264,6 +309,7 @@ def test_a_dead_server_fails_fast_before_any_training(workdir):
 
 # ----------------------------------------------------------------------------------------------
 # In-process: the probe and the shipped configs.
+
 
 def test_probe_names_the_store_and_hides_the_password():
     from sweeplab.settings import ConfigError

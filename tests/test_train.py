@@ -1,4 +1,5 @@
 """train.py end to end, as a user runs it: a sweep into MLflow, help, and bad input."""
+
 import pytest
 
 from conftest import TINY, mlflow_client, run_entry
@@ -29,7 +30,8 @@ def test_sweep_logs_one_finished_run_per_value(sweep):
             assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), key
         assert 0.0 < run.data.metrics["best_test_acc"] <= 1.0
         assert run.data.metrics["best_test_acc"] == max(
-            m.value for m in client.get_metric_history(run.info.run_id, "test_acc"))
+            m.value for m in client.get_metric_history(run.info.run_id, "test_acc")
+        )
         assert run.data.params["trainer.epochs"] == str(EPOCHS)
         assert run.data.tags["mlflow.source.git.commit"]
         assert run.data.tags["sweeplab.git_dirty"] in ("True", "False")
@@ -43,8 +45,16 @@ def test_sweep_runs_carry_their_artifacts(sweep):
         paths = set()
         for folder in ("config", "hydra", "checkpoints", "plots", "logs"):
             paths |= {a.path for a in client.list_artifacts(run.info.run_id, folder)}
-        assert {"config/config.yaml", "config/resolved.yaml", "config/overrides.txt", "hydra/config.yaml",
-                "hydra/overrides.yaml", "checkpoints/best.pt", "plots/curves.png", "logs/train.log"} <= paths
+        assert {
+            "config/config.yaml",
+            "config/resolved.yaml",
+            "config/overrides.txt",
+            "hydra/config.yaml",
+            "hydra/overrides.yaml",
+            "checkpoints/best.pt",
+            "plots/curves.png",
+            "logs/train.log",
+        } <= paths
         log = open(client.download_artifacts(run.info.run_id, "logs/train.log")).read()
         assert "Test set: Average loss:" in log
 
@@ -65,11 +75,14 @@ def test_help_lists_the_groups():
     assert job.returncode == 0 and "lr: 0.02" in job.stdout
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["optimizer.lr=-1"], "optimizer.lr=-1 must be a positive number"),
-    (["trainer.batch_size=100000"], "larger than the 500 training images"),
-    (["data.npz=/nonexistent/cifar10.npz"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["optimizer.lr=-1"], "optimizer.lr=-1 must be a positive number"),
+        (["trainer.batch_size=100000"], "larger than the 500 training images"),
+        (["data.npz=/nonexistent/cifar10.npz"], "does not exist"),
+    ],
+)
 def test_bad_input_is_one_line_and_creates_no_run(workdir, overrides, message):
     result = run_entry("train.py", *TINY, *workdir["overrides"], *overrides)
     assert result.returncode == 2
@@ -90,8 +103,14 @@ def test_a_bad_value_in_a_sweep_stops_it_before_any_job(workdir):
 
 
 def test_a_job_failing_before_its_run_exists_still_fails_the_sweep(workdir, tiny_npz):
-    result = run_entry("train.py", "-m", f"data.npz=/nonexistent/cifar10.npz,{tiny_npz}", "trainer.epochs=1",
-                       *TINY, *workdir["overrides"][:3])
+    result = run_entry(
+        "train.py",
+        "-m",
+        f"data.npz=/nonexistent/cifar10.npz,{tiny_npz}",
+        "trainer.epochs=1",
+        *TINY,
+        *workdir["overrides"][:3],
+    )
     assert result.returncode == 1
     assert "failed jobs" in result.stderr and "does not exist" in result.stdout + result.stderr
     client = mlflow_client(workdir["store"])

@@ -1,4 +1,5 @@
 """Checkpoint files: written atomically (temp file + rename), read with a clear error."""
+
 from __future__ import annotations
 
 import os

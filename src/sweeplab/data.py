@@ -1,5 +1,6 @@
 """CIFAR-10 from torchvision or a local npz, kept as uint8 tensors on the training device, with
 batched crop/flip/normalize done there instead of a per-image PIL pipeline."""
+
 from __future__ import annotations
 
 import hashlib
@@ -30,7 +31,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def to(self, device: torch.device) -> "Split":
+    def to(self, device: torch.device) -> Split:
         return Split(self.images.to(device), self.labels.to(device))
 
     def checksum(self) -> str:
@@ -70,8 +71,10 @@ def _read_npz(path: Path):
     for part in ("train", "test"):
         imgs, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
         if imgs.dtype != np.uint8 or imgs.ndim != 4 or imgs.shape[3] != 3 or len(imgs) != len(labels):
-            raise DataError(f"{path}: {part}_images must be (N, H, W, 3) uint8 with one label each, "
-                            f"got {imgs.shape} {imgs.dtype} and {len(labels)} labels")
+            raise DataError(
+                f"{path}: {part}_images must be (N, H, W, 3) uint8 with one label each, "
+                f"got {imgs.shape} {imgs.dtype} and {len(labels)} labels"
+            )
         if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
             raise DataError(f"{path}: {part}_labels must lie in 0..{len(classes) - 1}")
     return arrays, classes
@@ -84,16 +87,28 @@ def _read_torchvision(root: Path, download: bool):
         sets = [CIFAR10(str(root), train=train, download=download) for train in (True, False)]
     except (RuntimeError, OSError) as err:  # offline, or not downloaded with download=false
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"CIFAR-10 is not in {root} and could not be downloaded ({reason}); "
-                        f"connect to the internet, or point data.npz=/path/cifar10.npz "
-                        f"(or ${NPZ_ENV}) at a local copy") from None
-    arrays = {"train_images": sets[0].data, "train_labels": np.asarray(sets[0].targets),
-              "test_images": sets[1].data, "test_labels": np.asarray(sets[1].targets)}
+        raise DataError(
+            f"CIFAR-10 is not in {root} and could not be downloaded ({reason}); "
+            f"connect to the internet, or point data.npz=/path/cifar10.npz "
+            f"(or ${NPZ_ENV}) at a local copy"
+        ) from None
+    arrays = {
+        "train_images": sets[0].data,
+        "train_labels": np.asarray(sets[0].targets),
+        "test_images": sets[1].data,
+        "test_labels": np.asarray(sets[1].targets),
+    }
     return arrays, tuple(sets[0].classes)
 
 
-def load_dataset(root: str | Path, npz: str | Path | None = None, download: bool = True,
-                 train_limit: int | None = None, test_limit: int | None = None, val_split: int = 0) -> Dataset:
+def load_dataset(
+    root: str | Path,
+    npz: str | Path | None = None,
+    download: bool = True,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    val_split: int = 0,
+) -> Dataset:
     """Read CIFAR-10 (npz copy if given, else torchvision) as CPU uint8 tensors in NCHW.
 
     ``val_split`` holds out the last N training images (after ``train_limit``) as a validation split.
@@ -116,6 +131,7 @@ def load_dataset(root: str | Path, npz: str | Path | None = None, download: bool
 @dataclass
 class Augment:
     """The seed's augmentation, batched: pad + random crop back to size, horizontal flip."""
+
     crop_padding: int = 0
     pad_mode: str = "reflect"  # or zeros
     flip: bool = False
@@ -127,11 +143,11 @@ class Augment:
             return images
         if self.pad_mode == "zeros":
             return F.pad(images, (p, p, p, p))
-        return torch.cat([F.pad(c.float(), (p, p, p, p), mode="reflect").to(torch.uint8)
-                          for c in images.split(chunk)])
+        return torch.cat([F.pad(c.float(), (p, p, p, p), mode="reflect").to(torch.uint8) for c in images.split(chunk)])
 
-    def __call__(self, padded: torch.Tensor, idx: torch.Tensor, size: int, gen: torch.Generator,
-                 chunk: int = 10_000) -> torch.Tensor:
+    def __call__(
+        self, padded: torch.Tensor, idx: torch.Tensor, size: int, gen: torch.Generator, chunk: int = 10_000
+    ) -> torch.Tensor:
         """Random ``size`` crops of ``padded[idx]``, randomly mirrored, in the order of ``idx``.
 
         Applied to a whole epoch at once (as airbench does): a few large masked copies, one per
@@ -147,11 +163,11 @@ class Augment:
             rows = torch.empty((n, c, size, x.shape[3]), dtype=x.dtype, device=dev)
             for off in range(2 * p + 1):
                 m = dy == off
-                rows[m] = x[m, :, off:off + size, :]
+                rows[m] = x[m, :, off : off + size, :]
             x = torch.empty((n, c, size, size), dtype=x.dtype, device=dev)
             for off in range(2 * p + 1):
                 m = dx == off
-                x[m] = rows[m, :, :, off:off + size]
+                x[m] = rows[m, :, :, off : off + size]
         if self.flip:
             mask = torch.rand(n, device=dev, generator=gen) < 0.5
             x = torch.where(mask[:, None, None, None], x.flip(3), x)
@@ -165,9 +181,20 @@ class DeviceLoader:
     resumed run sees exactly the batches an uninterrupted one would.
     """
 
-    def __init__(self, split: Split, batch_size: int, device: torch.device, mean, std, *,
-                 augment: Augment | None = None, shuffle: bool = False, drop_last: bool = False,
-                 seed: int = 0, channels_last: bool = False):
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        device: torch.device,
+        mean,
+        std,
+        *,
+        augment: Augment | None = None,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        channels_last: bool = False,
+    ):
         self.device, self.batch_size, self.shuffle, self.drop_last = device, batch_size, shuffle, drop_last
         self.augment, self.seed, self.epoch = augment, seed, 0
         split = split.to(device)
@@ -196,8 +223,11 @@ class DeviceLoader:
         n = len(self.labels)
         gen = torch.Generator(device=self.device)
         gen.manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(n, device=self.device, generator=gen) if self.shuffle else \
-            torch.arange(n, device=self.device)
+        order = (
+            torch.randperm(n, device=self.device, generator=gen)
+            if self.shuffle
+            else torch.arange(n, device=self.device)
+        )
         epoch_images = self.augment(self.images, order, self.size, gen) if self.augment else None
         for i in range(len(self)):
             batch = slice(i * self.batch_size, (i + 1) * self.batch_size)

@@ -4,6 +4,7 @@ It reports through callbacks and knows nothing of MLflow or Hydra, so it can be 
 Inside a training step nothing waits for the device: loss and accuracy accumulate there and are
 read once per epoch (and at each progress-bar refresh when a terminal shows one).
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,11 +33,11 @@ class NonFiniteLossError(RuntimeError):
 class Callback:
     """Hooks the engine calls; ``metrics`` is the epoch's dict (see ``Trainer.fit``)."""
 
-    def on_fit_start(self, trainer: "Trainer") -> None: ...
+    def on_fit_start(self, trainer: Trainer) -> None: ...
 
-    def on_epoch_end(self, trainer: "Trainer", metrics: dict) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, metrics: dict) -> None: ...
 
-    def on_fit_end(self, trainer: "Trainer") -> None: ...
+    def on_fit_end(self, trainer: Trainer) -> None: ...
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -51,17 +52,32 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, test_loader, *,
-                 device: torch.device, scheduler=None, scheduler_interval: str = "epoch",
-                 monitor: str | None = "test_loss", val_loader=None, precision: str = "fp32",
-                 label_smoothing: float = 0.0, tta_flip: bool = False, target_acc: float = 0.88,
-                 checkpoint_dir: str | Path | None = None, checkpoint_every: int = 1,  # 0: never
-                 callbacks=(), progress: bool | None = None, compile: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        train_loader,
+        test_loader,
+        *,
+        device: torch.device,
+        scheduler=None,
+        scheduler_interval: str = "epoch",
+        monitor: str | None = "test_loss",
+        val_loader=None,
+        precision: str = "fp32",
+        label_smoothing: float = 0.0,
+        tta_flip: bool = False,
+        target_acc: float = 0.88,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int = 1,  # 0: never
+        callbacks=(),
+        progress: bool | None = None,
+        compile: bool = False,
+    ):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.train_loader, self.test_loader, self.val_loader = train_loader, test_loader, val_loader
         self.device, self.scheduler_interval, self.monitor = device, scheduler_interval, monitor
-        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                         else nullcontext())
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
         self.label_smoothing, self.tta_flip, self.target_acc = label_smoothing, tta_flip, target_acc
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.checkpoint_every, self.callbacks = checkpoint_every, list(callbacks)
@@ -82,8 +98,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
-        bar = tqdm(total=len(loader), desc=f"Epoch {epoch}", leave=False, disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = tqdm(total=len(loader), desc=f"Epoch {epoch}", leave=False, disable=not self.progress, dynamic_ncols=True)
         start = time.perf_counter()
         for step, (x, y) in enumerate(loader):
             with self.autocast:
@@ -106,10 +121,15 @@ class Trainer:
         train_loss, train_correct = loss_sum.item(), correct.item()  # waits for the device once
         seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
-            raise NonFiniteLossError(f"training loss became {train_loss / seen} in epoch {epoch} "
-                                     f"(lr={self.lr:g}); lower optimizer.lr")
-        return {"train_loss": train_loss / seen, "train_acc": train_correct / seen,
-                "epoch_time": seconds, "images_per_sec": seen / seconds}
+            raise NonFiniteLossError(
+                f"training loss became {train_loss / seen} in epoch {epoch} (lr={self.lr:g}); lower optimizer.lr"
+            )
+        return {
+            "train_loss": train_loss / seen,
+            "train_acc": train_correct / seen,
+            "epoch_time": seconds,
+            "images_per_sec": seen / seconds,
+        }
 
     def warm_up(self) -> None:
         """Compile before the first epoch, so compile time is reported apart from epoch times:
@@ -142,10 +162,9 @@ class Trainer:
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             preds.append(logits.argmax(1))
         preds = torch.cat(preds)
-        correct = int((preds == loader.labels[:len(preds)]).sum())
+        correct = int((preds == loader.labels[: len(preds)]).sum())
         n = len(preds)
-        return {"loss": loss_sum.item() / n, "acc": correct / n, "correct": correct, "total": n,
-                "preds": preds}
+        return {"loss": loss_sum.item() / n, "acc": correct / n, "correct": correct, "total": n, "preds": preds}
 
     @property
     def lr(self) -> float:
@@ -174,11 +193,15 @@ class Trainer:
             metrics["eval_time"] = time.perf_counter() - start
             self._step_scheduler(metrics)
             self._record(epoch, metrics)
-            log.info(f"Epoch {epoch}/{epochs}: train loss {metrics['train_loss']:.4f} acc "
-                     f"{100 * metrics['train_acc']:.2f}%, lr {lr:.3g}, {metrics['epoch_time']:.1f} s "
-                     f"({metrics['images_per_sec']:.0f} img/s)")
-            log.info(f"Test set: Average loss: {test['loss']:.4f}, Accuracy: {test['correct']}/{test['total']} "
-                     f"({100 * test['acc']:.2f}%)")
+            log.info(
+                f"Epoch {epoch}/{epochs}: train loss {metrics['train_loss']:.4f} acc "
+                f"{100 * metrics['train_acc']:.2f}%, lr {lr:.3g}, {metrics['epoch_time']:.1f} s "
+                f"({metrics['images_per_sec']:.0f} img/s)"
+            )
+            log.info(
+                f"Test set: Average loss: {test['loss']:.4f}, Accuracy: {test['correct']}/{test['total']} "
+                f"({100 * test['acc']:.2f}%)"
+            )
             self._checkpoint(epoch, epochs, improved=self.best["epoch"] == epoch)
             for cb in self.callbacks:
                 cb.on_epoch_end(self, metrics)
@@ -211,8 +234,9 @@ class Trainer:
             out["epochs_to_target"] = self.epochs_to_target
             # Training seconds up to that epoch (evaluation and start-up not counted), from the
             # history, so it survives a resume.
-            out["train_time_to_target"] = sum(m["epoch_time"] for m in self.history
-                                              if m["epoch"] <= self.epochs_to_target)
+            out["train_time_to_target"] = sum(
+                m["epoch_time"] for m in self.history if m["epoch"] <= self.epochs_to_target
+            )
         if self.history and "val_acc" in self.history[0]:
             out["best_val_acc"] = max(m["val_acc"] for m in self.history)
         return out
@@ -220,12 +244,17 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "epoch": self.epoch, "history": self.history, "best": self.best,
+            "epoch": self.epoch,
+            "history": self.history,
+            "best": self.best,
             "epochs_to_target": self.epochs_to_target,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -243,7 +272,8 @@ class Trainer:
         if self.checkpoint_dir is None or not self.checkpoint_every:
             return
         if improved:  # the weights alone: what explain.py and evaluation need, at half the size
-            checkpoint.save({"model": self.model.state_dict(), "epoch": epoch, "best": self.best},
-                            self.checkpoint_dir / "best.pt")
+            checkpoint.save(
+                {"model": self.model.state_dict(), "epoch": epoch, "best": self.best}, self.checkpoint_dir / "best.pt"
+            )
         if epoch % self.checkpoint_every == 0 or epoch == epochs:
             checkpoint.save(self.state_dict(), self.checkpoint_dir / "last.pt")

@@ -1,6 +1,7 @@
 """Adapter over pytorch-grad-cam: the best run of a sweep -> its checkpoint and saved config -> the
 model rebuilt as it was trained -> GradCAM++ on its misclassified test images -> figures, saved
 locally and logged back to the run."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,13 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar
 CONFIG_ARTIFACT = "config/config.yaml"
 CHECKPOINT_ARTIFACT = "checkpoints/best.pt"
 ARTIFACT_DIR = "explain"
-FILES = {"grid": "misclassified_grid.png", "pairs": "misclassified_heatmaps.png",
-         "confusion": "confusion_matrix.png", "cams": "cams.npz", "summary": "summary.json"}
+FILES = {
+    "grid": "misclassified_grid.png",
+    "pairs": "misclassified_heatmaps.png",
+    "confusion": "confusion_matrix.png",
+    "cams": "cams.npz",
+    "summary": "summary.json",
+}
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 TARGETS = ("predicted", "true")
 
@@ -65,8 +71,11 @@ def cam_methods() -> dict[str, type]:
     import pytorch_grad_cam
     from pytorch_grad_cam.base_cam import BaseCAM
 
-    return {_key(name): cls for name, cls in vars(pytorch_grad_cam).items()
-            if isinstance(cls, type) and issubclass(cls, BaseCAM) and cls is not BaseCAM}
+    return {
+        _key(name): cls
+        for name, cls in vars(pytorch_grad_cam).items()
+        if isinstance(cls, type) and issubclass(cls, BaseCAM) and cls is not BaseCAM
+    }
 
 
 def method_names() -> list[str]:
@@ -95,8 +104,10 @@ def check_options(cfg: DictConfig) -> None:
         if isinstance(cfg.rows, bool) or not isinstance(cfg.rows, int) or cfg.rows < 1:
             raise ExplainError(f"rows={cfg.rows!r} must be an integer >= 1 (or null)")
         if cfg.rows * cfg.cols < cfg.num_images:
-            raise ExplainError(f"a {cfg.rows}x{cfg.cols} grid holds fewer than num_images={cfg.num_images} "
-                               f"images; set rows=null or a larger grid")
+            raise ExplainError(
+                f"a {cfg.rows}x{cfg.cols} grid holds fewer than num_images={cfg.num_images} "
+                f"images; set rows=null or a larger grid"
+            )
     if cfg.direction not in ("max", "min"):
         raise ExplainError(f"direction={cfg.direction!r} must be max or min")
     if target_of(cfg) not in TARGETS:
@@ -121,8 +132,10 @@ def pick_run(cfg: DictConfig):
                 raise ExplainError(f"no run {cfg.run_id} in the MLflow store {uri}") from None
         exp = client.get_experiment_by_name(cfg.tracking.experiment)
         if exp is None or not client.search_runs([exp.experiment_id], max_results=1):
-            raise ExplainError(f"no runs in experiment {cfg.tracking.experiment!r} of the MLflow store {uri}; "
-                               f"train some first (python train.py -m ...) or point tracking.store_dir at the store")
+            raise ExplainError(
+                f"no runs in experiment {cfg.tracking.experiment!r} of the MLflow store {uri}; "
+                f"train some first (python train.py -m ...) or point tracking.store_dir at the store"
+            )
         sweep = str(cfg.sweep) if cfg.sweep is not None else "all"
         if sweep == "latest":
             sweep = tracking.latest_sweep(exp.experiment_id) or "all"
@@ -146,8 +159,10 @@ def _download(run, artifact: str, dst: str) -> Path:
     except (mlflow.exceptions.MlflowException, OSError):
         listed = set()
     if name not in listed:
-        raise ExplainError(f"run {run.info.run_id} ({run.info.run_name}) has no {artifact} artifact"
-                           + (" (it ended before its first checkpoint?)" if artifact == CHECKPOINT_ARTIFACT else ""))
+        raise ExplainError(
+            f"run {run.info.run_id} ({run.info.run_name}) has no {artifact} artifact"
+            + (" (it ended before its first checkpoint?)" if artifact == CHECKPOINT_ARTIFACT else "")
+        )
     try:
         return Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=artifact, dst_path=dst))
     except (mlflow.exceptions.MlflowException, OSError) as err:
@@ -160,8 +175,9 @@ def rebuild_model(saved: DictConfig, state: dict, run_id: str) -> nn.Module:
     try:
         model = instantiate(saved.model)
     except Exception as err:  # a _target_ that no longer exists, a bad argument
-        raise ExplainError(f"cannot rebuild the model of run {run_id} from its saved config: "
-                           f"{str(err).splitlines()[0]}") from None
+        raise ExplainError(
+            f"cannot rebuild the model of run {run_id} from its saved config: {str(err).splitlines()[0]}"
+        ) from None
     weights = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}
     try:
         model.load_state_dict(weights)
@@ -169,8 +185,9 @@ def rebuild_model(saved: DictConfig, state: dict, run_id: str) -> nn.Module:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         detail = lines[1] if len(lines) > 1 else lines[0]
         described = OmegaConf.to_container(saved.model, resolve=True)
-        raise ExplainError(f"the checkpoint of run {run_id} does not fit the model its config describes "
-                           f"({described}): {detail[:300]}") from None
+        raise ExplainError(
+            f"the checkpoint of run {run_id} does not fit the model its config describes ({described}): {detail[:300]}"
+        ) from None
     return model
 
 
@@ -191,10 +208,15 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
             return module
     except AttributeError:
         pass
-    valid = [s for s in STAGES
-             if (s == "stem" and hasattr(model, "bn1")) or isinstance(getattr(model, s, None), nn.Sequential)]
-    raise ExplainError(f"target_layer={name!r} is not a layer of {type(model).__name__}; use one of "
-                       f"{', '.join(valid)} (a stage's last block) or a module path such as layer4.1.conv2")
+    valid = [
+        s
+        for s in STAGES
+        if (s == "stem" and hasattr(model, "bn1")) or isinstance(getattr(model, s, None), nn.Sequential)
+    ]
+    raise ExplainError(
+        f"target_layer={name!r} is not a layer of {type(model).__name__}; use one of "
+        f"{', '.join(valid)} (a stage's last block) or a module path such as layer4.1.conv2"
+    )
 
 
 def load_test_set(saved: DictConfig, where: DictConfig):
@@ -209,8 +231,10 @@ def load_test_set(saved: DictConfig, where: DictConfig):
     try:
         root, npz, download, test_limit = d.root, d.npz, d.download, d.test_limit
     except Exception as err:  # an interpolation that no longer resolves here
-        raise ExplainError(f"the run's data config does not resolve here ({str(err).splitlines()[0]}); "
-                           f"set data.npz=... or data.root=...") from None
+        raise ExplainError(
+            f"the run's data config does not resolve here ({str(err).splitlines()[0]}); "
+            f"set data.npz=... or data.root=..."
+        ) from None
     data = load_dataset(root, npz, download, train_limit=1, test_limit=test_limit, val_split=0)
     if len(data.classes) != int(d.num_classes):
         raise ExplainError(f"the data has {len(data.classes)} classes but the run was trained on {d.num_classes}")
@@ -228,16 +252,17 @@ class Explanation:
     test_acc: float
 
 
-def compute_cams(model: nn.Module, layer: nn.Module, method: type, x: torch.Tensor, targets: list[int],
-                 chunk: int = 64) -> np.ndarray:
+def compute_cams(
+    model: nn.Module, layer: nn.Module, method: type, x: torch.Tensor, targets: list[int], chunk: int = 64
+) -> np.ndarray:
     """(N, H, W) heat maps in [0, 1], one per image, for the class ``targets[i]``."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     maps = []
     with method(model=model, target_layers=[layer]) as cam:
         for start in range(0, len(x), chunk):
-            outputs = [ClassifierOutputTarget(int(t)) for t in targets[start:start + chunk]]
-            maps.append(cam(input_tensor=x[start:start + chunk], targets=outputs))
+            outputs = [ClassifierOutputTarget(int(t)) for t in targets[start : start + chunk]]
+            maps.append(cam(input_tensor=x[start : start + chunk], targets=outputs))
     return np.concatenate(maps).astype(np.float32)
 
 
@@ -255,8 +280,10 @@ def explain(cfg: DictConfig) -> Explanation:
     device = resolve_device(cfg.device)
     run = pick_run(cfg)
     run_id, metric_value = run.info.run_id, run.data.metrics.get(str(cfg.metric))
-    log.info(f"explaining run {run_id} ({run.info.run_name}, {run.info.status}"
-             + (f", {cfg.metric}={metric_value:.4f})" if metric_value is not None else ")"))
+    log.info(
+        f"explaining run {run_id} ({run.info.run_name}, {run.info.status}"
+        + (f", {cfg.metric}={metric_value:.4f})" if metric_value is not None else ")")
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         saved = OmegaConf.load(_download(run, CONFIG_ARTIFACT, tmp))
@@ -277,13 +304,15 @@ def explain(cfg: DictConfig) -> Explanation:
     result = Trainer(model, None, None, loader, device=device).evaluate(loader)
     preds, labels = result["preds"].cpu(), loader.labels.cpu()
     wrong = torch.nonzero(preds != labels).flatten()
-    log.info(f"test accuracy {result['correct']}/{result['total']} ({100 * result['acc']:.2f}%), "
-             f"{len(wrong)} misclassified")
+    log.info(
+        f"test accuracy {result['correct']}/{result['total']} ({100 * result['acc']:.2f}%), {len(wrong)} misclassified"
+    )
     if not len(wrong):
-        raise NothingToExplain(f"run {run_id} classifies all {len(labels)} test images correctly: "
-                               f"nothing to explain, nothing written")
+        raise NothingToExplain(
+            f"run {run_id} classifies all {len(labels)} test images correctly: nothing to explain, nothing written"
+        )
 
-    idx = wrong[:cfg.num_images]
+    idx = wrong[: cfg.num_images]
     targets = (preds if target_of(cfg) == "predicted" else labels)[idx].tolist()
     x = loader.normalize(data.test.images[idx].to(device))
     cams = compute_cams(model, layer, method, x, targets)
@@ -293,8 +322,7 @@ def explain(cfg: DictConfig) -> Explanation:
         for path in files.values():
             client.log_artifact(run_id, str(path), ARTIFACT_DIR)
         log.info(f"logged {len(files)} files to MLflow run {run_id} under {ARTIFACT_DIR}/")
-    print(f"explained {len(idx)} of {len(wrong)} misclassified test images of run {run_id}: "
-          f"{files['grid'].parent}")
+    print(f"explained {len(idx)} of {len(wrong)} misclassified test images of run {run_id}: {files['grid'].parent}")
     return Explanation(run_id, files["grid"].parent, files, len(wrong), len(labels), result["acc"])
 
 
@@ -318,15 +346,32 @@ def write_outputs(cfg: DictConfig, run, classes, images, idx, preds, labels, tar
     k = len(classes)
     matrix = torch.bincount(labels * k + preds, minlength=k * k).view(k, k).numpy()
     plots.save(plots.confusion_figure(matrix, classes, head), files["confusion"])
-    np.savez_compressed(files["cams"], index=idx.numpy(), label=labels[idx].numpy(), pred=preds[idx].numpy(),
-                        target=np.asarray(targets, dtype=np.int64), cam=cams,
-                        test_preds=preds.numpy(), test_labels=labels.numpy())
+    np.savez_compressed(
+        files["cams"],
+        index=idx.numpy(),
+        label=labels[idx].numpy(),
+        pred=preds[idx].numpy(),
+        target=np.asarray(targets, dtype=np.int64),
+        cam=cams,
+        test_preds=preds.numpy(),
+        test_labels=labels.numpy(),
+    )
     per_class = {c: float(matrix[i, i] / max(1, matrix[i].sum())) for i, c in enumerate(classes)}
-    summary = {"run_id": run_id, "run_name": run.info.run_name, "metric": str(cfg.metric),
-               "metric_value": run.data.metrics.get(str(cfg.metric)), "method": str(cfg.method),
-               "target_layer": str(cfg.target_layer), "target": target_of(cfg), "grid": [rows, cfg.cols],
-               "test_acc": result["acc"], "test_images": int(len(labels)),
-               "misclassified": int((preds != labels).sum()),
-               "explained": n, "per_class_acc": per_class, "confusion": matrix.tolist()}
+    summary = {
+        "run_id": run_id,
+        "run_name": run.info.run_name,
+        "metric": str(cfg.metric),
+        "metric_value": run.data.metrics.get(str(cfg.metric)),
+        "method": str(cfg.method),
+        "target_layer": str(cfg.target_layer),
+        "target": target_of(cfg),
+        "grid": [rows, cfg.cols],
+        "test_acc": result["acc"],
+        "test_images": int(len(labels)),
+        "misclassified": int((preds != labels).sum()),
+        "explained": n,
+        "per_class_acc": per_class,
+        "confusion": matrix.tolist(),
+    }
     files["summary"].write_text(json.dumps(summary, indent=2) + "\n")
     return files

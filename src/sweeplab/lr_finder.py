@@ -7,6 +7,7 @@ our ``DeviceLoader`` batches (already on the device, augmented and normalized), 
 optimizer per run, the files, the MLflow run, and the one-line messages for a test that cannot
 suggest anything.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -133,9 +134,11 @@ def validate(cfg: DictConfig) -> None:
     _integer(lcfg.skip_end, "lr_finder.skip_end", 0)
     _integer(lcfg.num_iter, "lr_finder.num_iter", 2)
     if lcfg.num_iter < min_steps(lcfg):
-        raise ConfigError(f"lr_finder.num_iter={lcfg.num_iter} is too few iterations for a suggestion: the "
-                          f"library skips the first {lcfg.skip_start} and last {lcfg.skip_end} steps and needs "
-                          f"at least {min_steps(lcfg)} (raise lr_finder.num_iter or lower lr_finder.skip_start)")
+        raise ConfigError(
+            f"lr_finder.num_iter={lcfg.num_iter} is too few iterations for a suggestion: the "
+            f"library skips the first {lcfg.skip_start} and last {lcfg.skip_end} steps and needs "
+            f"at least {min_steps(lcfg)} (raise lr_finder.num_iter or lower lr_finder.skip_start)"
+        )
     if lcfg.step_mode not in STEP_MODES:
         raise ConfigError(f"lr_finder.step_mode={lcfg.step_mode!r} must be one of {', '.join(STEP_MODES)}")
     if not 0.0 <= _number(lcfg.smooth_f, "lr_finder.smooth_f") < 1.0:
@@ -189,8 +192,11 @@ def _amp(precision: str, device: torch.device) -> dict:
     if precision != "bf16":
         return {}
     # bf16 needs no loss scaling; the library insists on a scaler object, a disabled one passes through.
-    return dict(amp_backend="torch", amp_config={"device_type": device.type, "dtype": torch.bfloat16},
-                grad_scaler=torch.amp.GradScaler(device.type, enabled=False))
+    return dict(
+        amp_backend="torch",
+        amp_config={"device_type": device.type, "dtype": torch.bfloat16},
+        grad_scaler=torch.amp.GradScaler(device.type, enabled=False),
+    )
 
 
 def _finite_prefix(history: dict) -> dict:
@@ -199,9 +205,19 @@ def _finite_prefix(history: dict) -> dict:
     return {"lr": list(history["lr"][:n]), "loss": list(history["loss"][:n])}
 
 
-def range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion, train_loader: DeviceLoader,
-               val_loader: DeviceLoader | None, lcfg: DictConfig, *, device: torch.device, precision: str = "fp32",
-               progress: bool = False, ax=None) -> tuple[dict, float | None, str | None]:
+def range_test(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion,
+    train_loader: DeviceLoader,
+    val_loader: DeviceLoader | None,
+    lcfg: DictConfig,
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+    progress: bool = False,
+    ax=None,
+) -> tuple[dict, float | None, str | None]:
     """One LRFinder.range_test; returns (history, suggestion or None, why not).
 
     The model and optimizer are restored with ``LRFinder.reset()`` afterwards, so the objects passed
@@ -210,11 +226,16 @@ def range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criteri
     finder = LRFinder(model, optimizer, criterion, device=device, **_amp(precision, device))
     try:
         with _library_output(progress):
-            finder.range_test(DeviceTrainIter(train_loader),
-                              val_loader=DeviceValIter(val_loader) if val_loader is not None else None,
-                              start_lr=float(lcfg.start_lr), end_lr=float(lcfg.end_lr), num_iter=int(lcfg.num_iter),
-                              step_mode=lcfg.step_mode, smooth_f=float(lcfg.smooth_f),
-                              diverge_th=float(lcfg.diverge_th))
+            finder.range_test(
+                DeviceTrainIter(train_loader),
+                val_loader=DeviceValIter(val_loader) if val_loader is not None else None,
+                start_lr=float(lcfg.start_lr),
+                end_lr=float(lcfg.end_lr),
+                num_iter=int(lcfg.num_iter),
+                step_mode=lcfg.step_mode,
+                smooth_f=float(lcfg.smooth_f),
+                diverge_th=float(lcfg.diverge_th),
+            )
         raw = finder.history
         finder.history = history = _finite_prefix(raw)
         steps, need = len(history["lr"]), min_steps(lcfg)
@@ -222,8 +243,10 @@ def range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criteri
         if steps < need:
             at = f" at lr {raw['lr'][len(raw['lr']) - 1]:.3g}" if raw["lr"] else ""
             why = "became NaN" if len(raw["loss"]) > steps else "diverged"
-            message = (f"the loss {why}{at} after {steps} of {lcfg.num_iter} steps, too early for a suggestion "
-                       f"(it needs {need}): lower lr_finder.end_lr or raise lr_finder.diverge_th")
+            message = (
+                f"the loss {why}{at} after {steps} of {lcfg.num_iter} steps, too early for a suggestion "
+                f"(it needs {need}): lower lr_finder.end_lr or raise lr_finder.diverge_th"
+            )
             if ax is not None and steps:
                 with _library_output(progress):
                     finder.plot(skip_start=0, skip_end=0, log_lr=log_lr, ax=ax, suggest_lr=False)
@@ -234,8 +257,9 @@ def range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criteri
             fig, ax = plt.subplots()
             plt.close(fig)
         with _library_output(progress):
-            _, suggestion = finder.plot(skip_start=int(lcfg.skip_start), skip_end=int(lcfg.skip_end),
-                                        log_lr=log_lr, ax=ax, suggest_lr=True)
+            _, suggestion = finder.plot(
+                skip_start=int(lcfg.skip_start), skip_end=int(lcfg.skip_end), log_lr=log_lr, ax=ax, suggest_lr=True
+            )
         return history, float(suggestion), None
     finally:
         finder.reset()
@@ -244,7 +268,7 @@ def range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criteri
 def at_window_edge(lrs: list[float], suggestion: float | None, skip_start: int, skip_end: int) -> bool:
     """Whether the suggestion is the first or last lr of the window the library's rule looks at: then
     the loss did not clearly fall inside the range, and the 'steepest descent' is only its least rise."""
-    window = lrs[skip_start:len(lrs) - skip_end]
+    window = lrs[skip_start : len(lrs) - skip_end]
     return suggestion is not None and bool(window) and suggestion in (window[0], window[-1])
 
 
@@ -267,6 +291,7 @@ def sweep_command(values: list[str], overrides: list[str]) -> str:
     run (store, paths, data file, device) are left out; model, optimizer, data limits, batch size and
     so on are kept, since the suggestion is only valid for them.
     """
+
     def dropped(key: str) -> bool:
         return key.startswith("lr_finder") or key == "optimizer.lr" or key.startswith(ENVIRONMENT_KEYS)
 
@@ -284,8 +309,14 @@ def _loaders(cfg: DictConfig, data, device: torch.device, seed: int):
     split = data.test if source == "test" else data.val
     if subset and subset < len(split):
         split = Split(split.images[:subset], split.labels[:subset])
-    return train, DeviceLoader(split, cfg.trainer.eval_batch_size, device, cfg.data.mean, cfg.data.std,
-                               channels_last=channels_last_of(cfg, device))
+    return train, DeviceLoader(
+        split,
+        cfg.trainer.eval_batch_size,
+        device,
+        cfg.data.mean,
+        cfg.data.std,
+        channels_last=channels_last_of(cfg, device),
+    )
 
 
 def _write_history(result: RunResult, path: Path) -> None:
@@ -311,8 +342,11 @@ def find(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     lcfg, t = cfg.lr_finder, cfg.trainer
     device = resolve_device(t.device)
     data = load_data(cfg)
-    settings = dict(device=device, precision=precision_of(cfg, device),
-                    progress=sys.stderr.isatty() if t.progress is None else bool(t.progress))
+    settings = dict(
+        device=device,
+        precision=precision_of(cfg, device),
+        progress=sys.stderr.isatty() if t.progress is None else bool(t.progress),
+    )
     out_dir = Path(out_dir) if out_dir else _output_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     experiment_id = tracking.setup(cfg.tracking)
@@ -322,8 +356,10 @@ def find(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     tags = {**tracking.tags_for(cfg, overrides, None, tracking.git_state()), "sweeplab.task": "lr_finder"}
     run_name = "lr_finder " + (" ".join(o for o in overrides if not _key(o).startswith(ENVIRONMENT_KEYS)) or "defaults")
     val_desc = "training batch" if val_loader is None else f"{len(val_loader.labels)} {_val_source(lcfg)} images"
-    log.info(f"LR range test: {lcfg.runs} run(s), lr {lcfg.start_lr:g} .. {lcfg.end_lr:g} in {lcfg.num_iter} "
-             f"{lcfg.step_mode} steps on {device}, loss of the {val_desc} after each step")
+    log.info(
+        f"LR range test: {lcfg.runs} run(s), lr {lcfg.start_lr:g} .. {lcfg.end_lr:g} in {lcfg.num_iter} "
+        f"{lcfg.step_mode} steps on {device}, loss of the {val_desc} after each step"
+    )
 
     results: list[RunResult] = []
     with tracking.active_run(experiment_id, run_name[:250], tags=tags) as run:
@@ -344,29 +380,54 @@ def find(cfg: DictConfig, out_dir: Path | None = None) -> dict:
         command = sweep_command(values, overrides) if values else None
         summary = _summary(cfg, results, values, command, out_dir)
         _write_outputs(cfg, results, summary, out_dir)
-        for name in ["suggestions.yaml", "history.json", "lr_finder_summary.png",
-                     *(p.name for r in results for p in r.files.values())]:
+        for name in [
+            "suggestions.yaml",
+            "history.json",
+            "lr_finder_summary.png",
+            *(p.name for r in results for p in r.files.values()),
+        ]:
             mlflow.log_artifact(str(out_dir / name), "lr_finder")
         if not values:
             raise NoSuggestionError(f"no suggestion from {len(results)} run(s): {results[0].message}")
         mlflow.log_param("suggested_lrs", ",".join(values))
         mlflow.set_tag("sweeplab.next_command", command)
-    log.info(f"suggestions {', '.join(values)} written to {out_dir / 'suggestions.yaml'}; "
-             f"MLflow run {run.info.run_id} (experiment {cfg.tracking.experiment}). Sweep them with:")
+    log.info(
+        f"suggestions {', '.join(values)} written to {out_dir / 'suggestions.yaml'}; "
+        f"MLflow run {run.info.run_id} (experiment {cfg.tracking.experiment}). Sweep them with:"
+    )
     return summary
 
 
-def _one_run(i: int, seed: int, model, optimizer, criterion, train_loader, val_loader, lcfg: DictConfig,
-             out_dir: Path, **settings) -> RunResult:
+def _one_run(
+    i: int,
+    seed: int,
+    model,
+    optimizer,
+    criterion,
+    train_loader,
+    val_loader,
+    lcfg: DictConfig,
+    out_dir: Path,
+    **settings,
+) -> RunResult:
     """One range test with its figure (the library's plot, titled) and history file."""
     fig = plots.lr_finder_run_figure()
     started = time.perf_counter()
-    history, suggestion, message = range_test(model, optimizer, criterion, train_loader, val_loader, lcfg,
-                                              ax=fig.axes[0], **settings)
+    history, suggestion, message = range_test(
+        model, optimizer, criterion, train_loader, val_loader, lcfg, ax=fig.axes[0], **settings
+    )
     seconds = time.perf_counter() - started
-    result = RunResult(i, seed, history["lr"], history["loss"], suggestion, seconds,
-                       stopped_early=len(history["lr"]) < lcfg.num_iter, message=message,
-                       at_edge=at_window_edge(history["lr"], suggestion, lcfg.skip_start, lcfg.skip_end))
+    result = RunResult(
+        i,
+        seed,
+        history["lr"],
+        history["loss"],
+        suggestion,
+        seconds,
+        stopped_early=len(history["lr"]) < lcfg.num_iter,
+        message=message,
+        at_edge=at_window_edge(history["lr"], suggestion, lcfg.skip_start, lcfg.skip_end),
+    )
     verdict = f"suggested lr {format_lr(suggestion)}" if suggestion is not None else "no suggestion"
     title = f"run {i} (seed {seed}): {verdict}"
     result.files["figure"] = out_dir / f"run{i}_lr_finder.png"
@@ -382,21 +443,27 @@ def _log_run(r: RunResult, lcfg: DictConfig, run_id: str) -> None:
     metrics = [Metric(f"run{r.index}_loss", v, now, s) for s, v in enumerate(r.losses)]
     metrics.append(Metric(f"run{r.index}_seconds", r.seconds, now, 0))
     if r.suggestion is not None:
-        metrics += [Metric(f"run{r.index}_suggested_lr", r.suggestion, now, 0),
-                    Metric("suggested_lr", r.suggestion, now, r.index)]
+        metrics += [
+            Metric(f"run{r.index}_suggested_lr", r.suggestion, now, 0),
+            Metric("suggested_lr", r.suggestion, now, r.index),
+        ]
     for k in range(0, len(metrics), 1000):  # MLflow's batch limit
-        MlflowClient().log_batch(run_id, metrics=metrics[k:k + 1000])
+        MlflowClient().log_batch(run_id, metrics=metrics[k : k + 1000])
     name = f"run {r.index} (seed {r.seed})"
     if r.message:
         log.warning(f"{name}: {r.message}")
         return
-    log.info(f"{name}: {len(r.lrs)} steps in {r.seconds:.1f} s"
-             f"{' (stopped early: the loss diverged)' if r.stopped_early else ''}, "
-             f"suggested lr {r.suggestion:.4g} -> {format_lr(r.suggestion)}")
+    log.info(
+        f"{name}: {len(r.lrs)} steps in {r.seconds:.1f} s"
+        f"{' (stopped early: the loss diverged)' if r.stopped_early else ''}, "
+        f"suggested lr {r.suggestion:.4g} -> {format_lr(r.suggestion)}"
+    )
     if r.at_edge:
-        log.warning(f"{name}: the suggestion is at the edge of the window the rule looks at (steps "
-                    f"{lcfg.skip_start}..{len(r.lrs) - lcfg.skip_end - 1}): the loss did not fall inside the range; "
-                    f"try more steps (lr_finder.num_iter), a lower lr_finder.start_lr or lr_finder.val=none")
+        log.warning(
+            f"{name}: the suggestion is at the edge of the window the rule looks at (steps "
+            f"{lcfg.skip_start}..{len(r.lrs) - lcfg.skip_end - 1}): the loss did not fall inside the range; "
+            f"try more steps (lr_finder.num_iter), a lower lr_finder.start_lr or lr_finder.val=none"
+        )
 
 
 def _write_outputs(cfg: DictConfig, results: list[RunResult], summary: dict, out_dir: Path) -> None:
@@ -406,14 +473,25 @@ def _write_outputs(cfg: DictConfig, results: list[RunResult], summary: dict, out
         f.write("# LR range test suggestions (find_lr.py). Sweep them with:\n")
         f.write(f"#   {summary['command']}\n" if summary["command"] else "#   (none: no run gave a suggestion)\n")
         yaml.safe_dump(summary, f, sort_keys=False, width=10_000)
-    (out_dir / "history.json").write_text(json.dumps(
-        [{"run": r.index, "seed": r.seed, "lr": r.lrs, "loss": r.losses, "suggested_lr": r.suggestion}
-         for r in results]))
-    curves = {f"run {r.index} (seed {r.seed})": {"lr": r.lrs, "loss": r.losses, "suggestion": r.suggestion}
-              for r in results}
+    (out_dir / "history.json").write_text(
+        json.dumps(
+            [
+                {"run": r.index, "seed": r.seed, "lr": r.lrs, "loss": r.losses, "suggested_lr": r.suggestion}
+                for r in results
+            ]
+        )
+    )
+    curves = {
+        f"run {r.index} (seed {r.seed})": {"lr": r.lrs, "loss": r.losses, "suggestion": r.suggestion} for r in results
+    }
     name = f"{cfg.model._target_.rsplit('.', 1)[-1]}, {cfg.optimizer._target_.rsplit('.', 1)[-1]}"
-    fig = plots.lr_finder_summary_figure(curves, log_lr=lcfg.step_mode == "exp", skip_start=lcfg.skip_start,
-                                         skip_end=lcfg.skip_end, title=f"LR range test: {name}")
+    fig = plots.lr_finder_summary_figure(
+        curves,
+        log_lr=lcfg.step_mode == "exp",
+        skip_start=lcfg.skip_start,
+        skip_end=lcfg.skip_end,
+        title=f"LR range test: {name}",
+    )
     plots.save(fig, out_dir / "lr_finder_summary.png")
 
 
@@ -423,14 +501,24 @@ def _summary(cfg: DictConfig, results: list[RunResult], values: list[str], comma
         "command": command,
         "override": f"optimizer.lr={','.join(values)}" if values else None,
         "suggested_lrs": [float(v) for v in values],
-        "runs": [{"run": r.index, "seed": r.seed,
-                  "suggested_lr": float(format_lr(r.suggestion)) if r.suggestion is not None else None,
-                  "suggested_lr_exact": r.suggestion, "at_edge": r.at_edge, "steps": len(r.lrs),
-                  "stopped_early": r.stopped_early,
-                  "seconds": round(r.seconds, 2), "message": r.message,
-                  **{k: p.name for k, p in r.files.items()}} for r in results],
+        "runs": [
+            {
+                "run": r.index,
+                "seed": r.seed,
+                "suggested_lr": float(format_lr(r.suggestion)) if r.suggestion is not None else None,
+                "suggested_lr_exact": r.suggestion,
+                "at_edge": r.at_edge,
+                "steps": len(r.lrs),
+                "stopped_early": r.stopped_early,
+                "seconds": round(r.seconds, 2),
+                "message": r.message,
+                **{k: p.name for k, p in r.files.items()},
+            }
+            for r in results
+        ],
         "range_test": OmegaConf.to_container(lcfg, resolve=True),
-        "model": cfg.model._target_, "optimizer": cfg.optimizer._target_,
+        "model": cfg.model._target_,
+        "optimizer": cfg.optimizer._target_,
         "output_dir": str(out_dir),
     }
 

@@ -1,9 +1,10 @@
 """The CIFAR ResNet family: 3x3 stem, no max-pool, four stages of basic blocks."""
+
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class BasicBlock(nn.Module):
@@ -32,7 +33,7 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(width)
         planes, layers = width, []
         for stage, n in enumerate(blocks):
-            out = width * 2 ** stage
+            out = width * 2**stage
             strides = [1 if stage == 0 else 2] + [1] * (n - 1)
             layers.append(nn.Sequential(*[BasicBlock(p, out, s) for p, s in zip([planes] + [out] * (n - 1), strides)]))
             planes = out

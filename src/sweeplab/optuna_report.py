@@ -11,6 +11,7 @@
 The study itself lives in memory (Optuna 2.x cannot store it in SQL under SQLAlchemy 2): every
 trial is a complete MLflow run, which is the durable record.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,7 +31,7 @@ from sweeplab.run import SWEEP_ENV, SWEPT_ENV
 log = logging.getLogger(__name__)
 
 STUDY_TAG = "sweeplab.optuna.sweep"  # on the summary run: the sweep id of the study's trials
-BEST_TAG = "sweeplab.optuna.best"    # on the best trial's run
+BEST_TAG = "sweeplab.optuna.best"  # on the best trial's run
 RESULTS_FILE = "optimization_results.yaml"  # written by the sweeper into the sweep folder
 
 
@@ -93,15 +94,23 @@ def log_study(config: DictConfig, results: dict, results_path: Path, sweep_id: s
         values = [r.data.params.get(k, "") for k in searched]
         table.append(",".join([r.info.run_id, r.info.status, *values, str(r.data.metrics.get(objective, ""))]))
 
-    tags = {STUDY_TAG: sweep_id or "", "sweeplab.optuna.objective": objective,
-            "sweeplab.optuna.direction": _direction(config)}
+    tags = {
+        STUDY_TAG: sweep_id or "",
+        "sweeplab.optuna.objective": objective,
+        "sweeplab.optuna.direction": _direction(config),
+    }
     if best is not None:
         tags["sweeplab.optuna.best_run"] = best.info.run_id
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"optuna {sweep_id or ''}".strip(), tags=tags):
         params = {f"best.{k}": str(v) for k, v in results.get("best_params", {}).items()}
-        params.update({"n_trials": str(len(runs)),
-                       "search_space": "; ".join(f"{k}: {v}" for k, v in
-                                                 (config.hydra.sweeper.get("params") or {}).items())[:6000]})
+        params.update(
+            {
+                "n_trials": str(len(runs)),
+                "search_space": "; ".join(f"{k}: {v}" for k, v in (config.hydra.sweeper.get("params") or {}).items())[
+                    :6000
+                ],
+            }
+        )
         mlflow.log_params(params)
         if "best_value" in results:
             mlflow.log_metric("optuna.best_value", float(results["best_value"]))

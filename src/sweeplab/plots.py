@@ -1,4 +1,5 @@
 """Matplotlib figures: training curves, LR-finder plots, image grids."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-CURVES = (("test_acc", "Test accuracy"), ("test_loss", "Test loss"),
-          ("train_acc", "Train accuracy"), ("train_loss", "Train loss"))
+CURVES = (
+    ("test_acc", "Test accuracy"),
+    ("test_loss", "Test loss"),
+    ("train_acc", "Train accuracy"),
+    ("train_loss", "Train loss"),
+)
 
 
 def curves_figure(histories: dict[str, list[dict]], title: str | None = None) -> Figure:
@@ -42,9 +47,12 @@ def _lr_label(x: float, _pos=None) -> str:
     if x <= 0:
         return ""
     exponent = math.floor(math.log10(x) + 1e-9)
-    mantissa = x / 10 ** exponent
-    return f"{round(mantissa)}e{exponent}" if round(mantissa) in (1, 2, 5) and abs(mantissa - round(mantissa)) < 1e-6 \
+    mantissa = x / 10**exponent
+    return (
+        f"{round(mantissa)}e{exponent}"
+        if round(mantissa) in (1, 2, 5) and abs(mantissa - round(mantissa)) < 1e-6
         else ""
+    )
 
 
 def _lr_axis(ax) -> None:
@@ -75,8 +83,9 @@ def finish_lr_finder_run_figure(fig: Figure, path, title: str, suggestion: float
     save(fig, path)
 
 
-def lr_finder_summary_figure(runs: dict[str, dict], log_lr: bool = True, skip_start: int = 0, skip_end: int = 0,
-                             title: str | None = None) -> Figure:
+def lr_finder_summary_figure(
+    runs: dict[str, dict], log_lr: bool = True, skip_start: int = 0, skip_end: int = 0, title: str | None = None
+) -> Figure:
     """Every LR range test's loss over lr in one axes, each suggestion marked on its curve.
 
     ``runs``: label -> {"lr": [...], "loss": [...], "suggestion": float | None}; the first
@@ -114,7 +123,7 @@ def save(fig: Figure, path) -> None:
 
 # -- image grids (explain.py) ---------------------------------------------------------------------
 TILE_INCHES = (2.0, 2.4)  # one titled image tile: width, height (the title takes two lines)
-HEADER_INCHES = 0.6       # room for the figure's title above the tiles
+HEADER_INCHES = 0.6  # room for the figure's title above the tiles
 
 
 def grid_figsize(rows: int, cols: int) -> tuple[float, float]:
@@ -127,9 +136,14 @@ def _grid(rows: int, cols: int, title: str | None):
     fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
     title_room, bottom = 0.45, 0.1  # inches: two lines of tile title, a margin below the last row
     axes_height = (height - HEADER_INCHES - title_room - bottom - (rows - 1) * title_room) / rows
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=bottom / height,
-                        top=1 - (HEADER_INCHES + title_room) / height, wspace=0.08,
-                        hspace=title_room / axes_height)
+    fig.subplots_adjust(
+        left=0.02,
+        right=0.98,
+        bottom=bottom / height,
+        top=1 - (HEADER_INCHES + title_room) / height,
+        wspace=0.08,
+        hspace=title_room / axes_height,
+    )
     for ax in axes.flat:
         ax.axis("off")
     if title:
@@ -176,8 +190,15 @@ def confusion_figure(matrix, classes, title: str | None = None) -> Figure:
     high = matrix.max() / 2 if matrix.size else 0
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize="x-small",
-                    color="white" if matrix[i, j] > high else "black")
+            ax.text(
+                j,
+                i,
+                str(matrix[i, j]),
+                ha="center",
+                va="center",
+                fontsize="x-small",
+                color="white" if matrix[i, j] > high else "black",
+            )
     ax.set_title("Confusion matrix")
     bars.barh(range(n), 100 * per_class, color="tab:blue")
     bars.set_yticks(range(n), classes)

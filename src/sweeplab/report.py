@@ -13,6 +13,7 @@
       python -m sweeplab.report                       # the latest sweep of the default store
       python -m sweeplab.report sweep=<id> out=reports/ tracking.store_dir=/path/to/mlruns
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,14 +40,27 @@ from sweeplab.settings import ConfigError, validate
 
 log = logging.getLogger(__name__)
 
-KIND_TAG = "sweeplab.kind"            # "report" on a report run
+KIND_TAG = "sweeplab.kind"  # "report" on a report run
 REPORT_FOR_TAG = "sweeplab.report_for"  # the sweep id a report run compares
 REPORT_DIR_TAG = "sweeplab.report_dir"  # where the report's files were last written
 FIGURE, TABLE_MD, TABLE_CSV = "comparison.png", "comparison.md", "comparison.csv"
 ARTIFACT_DIR = "report"
 # The table's columns, in order; CSV holds the raw values (MLflow's floats, exactly), Markdown rounds them.
-COLUMNS = ("run", "overrides", "status", "best_test_acc", "best_epoch", "epochs_to_target",
-           "train_time_to_target", "target_acc", "final_lr", "wall_time_s", "images_per_sec", "run_id", "failure")
+COLUMNS = (
+    "run",
+    "overrides",
+    "status",
+    "best_test_acc",
+    "best_epoch",
+    "epochs_to_target",
+    "train_time_to_target",
+    "target_acc",
+    "final_lr",
+    "wall_time_s",
+    "images_per_sec",
+    "run_id",
+    "failure",
+)
 
 
 def new_sweep_id() -> str:
@@ -89,19 +103,25 @@ def job_runs(experiment_id: str, sweep_id: str, client=None) -> list:
     if client is None:
         runs = tracking.sweep_runs(experiment_id, sweep_id)
     else:
-        runs = client.search_runs([experiment_id], f"tags.`{tracking.SWEEP_TAG}` = '{sweep_id}'",
-                                  order_by=["attributes.start_time ASC"], max_results=10_000)
+        runs = client.search_runs(
+            [experiment_id],
+            f"tags.`{tracking.SWEEP_TAG}` = '{sweep_id}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=10_000,
+        )
     return [r for r in runs if r.data.tags.get(KIND_TAG) != "report"]
 
 
 def latest_sweep_id(client, experiment_id: str) -> str | None:
-    runs = client.search_runs([experiment_id], f"tags.`{tracking.SWEEP_TAG}` LIKE '%'", max_results=1,
-                              order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [experiment_id], f"tags.`{tracking.SWEEP_TAG}` LIKE '%'", max_results=1, order_by=["attributes.start_time DESC"]
+    )
     return runs[0].data.tags[tracking.SWEEP_TAG] if runs else None
 
 
-def run_history(client, run_id: str, keys=("train_loss", "train_acc", "test_loss", "test_acc", "lr",
-                                           "images_per_sec")) -> list[dict]:
+def run_history(
+    client, run_id: str, keys=("train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_sec")
+) -> list[dict]:
     """Per-epoch metrics as the engine's history: ``[{"epoch": 1, "test_acc": ..., ...}, ...]``."""
     by_epoch: dict[int, dict] = {}
     for key in keys:
@@ -128,15 +148,19 @@ def table_row(run, history: list[dict]) -> dict:
     epochs_to_target = metrics.get("epochs_to_target")
     best_epoch = metrics.get("best_epoch")
     return {
-        "run": info.run_name or "", "overrides": tags.get("sweeplab.overrides", ""), "status": info.status,
+        "run": info.run_name or "",
+        "overrides": tags.get("sweeplab.overrides", ""),
+        "status": info.status,
         "best_test_acc": metrics.get("best_test_acc"),
         "best_epoch": int(best_epoch) if best_epoch is not None else None,
         "epochs_to_target": int(epochs_to_target) if epochs_to_target is not None else None,
         "train_time_to_target": metrics.get("train_time_to_target"),
         "target_acc": float(run.data.params["target_acc"]) if "target_acc" in run.data.params else None,
-        "final_lr": lrs[-1] if lrs else None, "wall_time_s": wall,
+        "final_lr": lrs[-1] if lrs else None,
+        "wall_time_s": wall,
         "images_per_sec": sum(speeds) / len(speeds) if speeds else None,
-        "run_id": info.run_id, "failure": tags.get(tracking.FAILURE_TAG, ""),
+        "run_id": info.run_id,
+        "failure": tags.get(tracking.FAILURE_TAG, ""),
     }
 
 
@@ -145,8 +169,9 @@ def to_csv(rows: list[dict]) -> str:
     writer = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if row[k] is None else (repr(row[k]) if isinstance(row[k], float) else row[k])
-                         for k in COLUMNS})
+        writer.writerow(
+            {k: "" if row[k] is None else (repr(row[k]) if isinstance(row[k], float) else row[k]) for k in COLUMNS}
+        )
     return buf.getvalue()
 
 
@@ -167,8 +192,10 @@ def _fmt(value, spec: str, missing: str = "–") -> str:
 def split_overrides(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """The overrides every run shares, and each run's own; where-things-are overrides (store,
     paths, device) are left out: they say nothing about the experiment."""
-    per_run = [[o for o in r["overrides"].split() if not o.lstrip("+~").startswith(ENVIRONMENT_KEYS)
-                and o != "(defaults)"] for r in rows]
+    per_run = [
+        [o for o in r["overrides"].split() if not o.lstrip("+~").startswith(ENVIRONMENT_KEYS) and o != "(defaults)"]
+        for r in rows
+    ]
     common = [o for o in per_run[0] if all(o in other for other in per_run)] if len(rows) > 1 else []
     return common, [[o for o in own if o not in common] for own in per_run]
 
@@ -176,8 +203,7 @@ def split_overrides(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
 def to_markdown(rows: list[dict], sweep_id: str, experiment_id: str | None = None) -> str:
     targets = {r["target_acc"] for r in rows if r["target_acc"] is not None}
     target = f"epochs to {100 * targets.pop():g}%" if len(targets) == 1 else "epochs to target"
-    head = ["run", "overrides", "status", "best test acc", "best epoch", target, "final lr", "wall time",
-            "images/s"]
+    head = ["run", "overrides", "status", "best test acc", "best epoch", target, "final lr", "wall time", "images/s"]
     common, own = split_overrides(rows)
     lines = [f"# Sweep {sweep_id}", ""]
     if common:
@@ -185,25 +211,36 @@ def to_markdown(rows: list[dict], sweep_id: str, experiment_id: str | None = Non
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r, overrides in zip(rows, own):
         status = r["status"] if r["status"] == "FINISHED" else f"**{r['status']}**"
-        cells = [r["run"], f"`{' '.join(overrides)}`" if overrides else "(defaults)", status,
-                 _fmt(None if r["best_test_acc"] is None else 100 * r["best_test_acc"], ".2f") + "%"
-                 * (r["best_test_acc"] is not None),
-                 _fmt(r["best_epoch"], "d"), _to_target(r),
-                 _fmt(r["final_lr"], ".3g"), _fmt(r["wall_time_s"], ".1f") + " s" * (r["wall_time_s"] is not None),
-                 _fmt(r["images_per_sec"], ".0f")]
+        cells = [
+            r["run"],
+            f"`{' '.join(overrides)}`" if overrides else "(defaults)",
+            status,
+            _fmt(None if r["best_test_acc"] is None else 100 * r["best_test_acc"], ".2f")
+            + "%" * (r["best_test_acc"] is not None),
+            _fmt(r["best_epoch"], "d"),
+            _to_target(r),
+            _fmt(r["final_lr"], ".3g"),
+            _fmt(r["wall_time_s"], ".1f") + " s" * (r["wall_time_s"] is not None),
+            _fmt(r["images_per_sec"], ".0f"),
+        ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     finished = [r for r in rows if r["status"] == "FINISHED" and r["best_test_acc"] is not None]
     lines.append("")
     if finished:
         best = max(finished, key=lambda r: r["best_test_acc"])
-        lines.append(f"Best: **{best['run']}** with {100 * best['best_test_acc']:.2f}% test accuracy "
-                     f"at epoch {_fmt(best['best_epoch'], 'd')} (run `{best['run_id']}`).")
+        lines.append(
+            f"Best: **{best['run']}** with {100 * best['best_test_acc']:.2f}% test accuracy "
+            f"at epoch {_fmt(best['best_epoch'], 'd')} (run `{best['run_id']}`)."
+        )
     for r in rows:
         if r["status"] != "FINISHED":
             lines.append(f"- {r['run']} **{r['status']}**: {r['failure'] or 'no reason recorded'}")
     if experiment_id is not None:
-        lines += ["", f"Compare in the MLflow UI: `<mlflow ui address>/{compare_link(experiment_id, rows)}`; "
-                      f"list the runs with the filter `tags.{tracking.SWEEP_TAG} = '{sweep_id}'`."]
+        lines += [
+            "",
+            f"Compare in the MLflow UI: `<mlflow ui address>/{compare_link(experiment_id, rows)}`; "
+            f"list the runs with the filter `tags.{tracking.SWEEP_TAG} = '{sweep_id}'`.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -223,8 +260,9 @@ def compare_link(experiment_id: str, rows: list[dict]) -> str:
     return f'#/compare-runs?runs=[{ids}]&experiments=["{experiment_id}"]'
 
 
-def build_report(experiment_id: str, sweep_id: str, out_dir: Path | None = None, log_to_mlflow: bool = True,
-                 client=None) -> Report:
+def build_report(
+    experiment_id: str, sweep_id: str, out_dir: Path | None = None, log_to_mlflow: bool = True, client=None
+) -> Report:
     """Compare the runs of sweep ``sweep_id``: save figure and tables in ``out_dir`` (a temporary
     folder when None: then only MLflow keeps them) and log them to the sweep's report run."""
     from mlflow.tracking import MlflowClient
@@ -262,8 +300,12 @@ def build_report(experiment_id: str, sweep_id: str, out_dir: Path | None = None,
 
 
 def find_report_run(client, experiment_id: str, sweep_id: str):
-    runs = client.search_runs([experiment_id], f"tags.`{REPORT_FOR_TAG}` = '{sweep_id}'", max_results=1,
-                              order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.`{REPORT_FOR_TAG}` = '{sweep_id}'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
     return runs[0] if runs else None
 
 
@@ -274,10 +316,16 @@ def log_report(client, experiment_id: str, report: Report, markdown: str, out_di
     if existing is not None:
         run_id = existing.info.run_id
     else:
-        run_id = client.create_run(experiment_id, run_name=f"report {report.sweep_id}", tags={
-            KIND_TAG: "report", REPORT_FOR_TAG: report.sweep_id, "mlflow.source.name": "sweeplab.report"}).info.run_id
-    tags = {"mlflow.note.content": markdown[:60000], "sweeplab.report.runs": str(len(report.rows)),
-            "sweeplab.report.failed": str(len(report.failed))}
+        run_id = client.create_run(
+            experiment_id,
+            run_name=f"report {report.sweep_id}",
+            tags={KIND_TAG: "report", REPORT_FOR_TAG: report.sweep_id, "mlflow.source.name": "sweeplab.report"},
+        ).info.run_id
+    tags = {
+        "mlflow.note.content": markdown[:60000],
+        "sweeplab.report.runs": str(len(report.rows)),
+        "sweeplab.report.failed": str(len(report.failed)),
+    }
     if out_dir is not None:
         tags[REPORT_DIR_TAG] = str(out_dir.resolve())
     for key, value in tags.items():
@@ -292,8 +340,10 @@ def announce(report: Report, stream=None) -> None:
     stream = stream or sys.stdout
     print(report.files["markdown"].read_text() if report.files["markdown"].exists() else "", file=stream)
     if report.out_dir.exists():
-        print(f"report: {report.files['figure']}, {report.files['markdown'].name}, {report.files['csv'].name}",
-              file=stream)
+        print(
+            f"report: {report.files['figure']}, {report.files['markdown'].name}, {report.files['csv'].name}",
+            file=stream,
+        )
     if report.run_id:
         print(f"report: MLflow run {report.run_id} (artifacts under {ARTIFACT_DIR}/)", file=stream, flush=True)
 
@@ -336,8 +386,10 @@ class SweepCallback(Callback):
         log.info(f"sweep {sweep_id}: {len(runs) - len(failed)} of {len(runs)} runs FINISHED")
         if failed or failed_jobs:
             jobs = f"; failed jobs (see their folders in {sweep_dir}): {', '.join(failed_jobs)}" if failed_jobs else ""
-            print(f"error: sweep {sweep_id} did not finish: {', '.join(failed) or 'no run FAILED in MLflow'}{jobs}",
-                  file=sys.stderr)
+            print(
+                f"error: sweep {sweep_id} did not finish: {', '.join(failed) or 'no run FAILED in MLflow'}{jobs}",
+                file=sys.stderr,
+            )
             sys.exit(1)
 
 
@@ -356,7 +408,8 @@ uses: comparison.png, comparison.md, comparison.csv, and logs them to the sweep'
 
 
 def compose(overrides: list[str]) -> DictConfig:
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     import sweeplab  # noqa: F401  (registers the config resolvers)
     from sweeplab.settings import repo_root
@@ -395,16 +448,22 @@ def main(argv: list[str] | None = None) -> int:
         if sweep_id == "latest":
             sweep_id = latest_sweep_id(client, exp.experiment_id)
             if sweep_id is None:
-                raise ConfigError(f"no sweeps in experiment {cfg.tracking.experiment!r} of {uri}; "
-                                  f"run one with python train.py -m ...")
+                raise ConfigError(
+                    f"no sweeps in experiment {cfg.tracking.experiment!r} of {uri}; run one with python train.py -m ..."
+                )
         out = own["out"]
         if out is None:
             previous = find_report_run(client, exp.experiment_id, sweep_id)
             out = previous and previous.data.tags.get(REPORT_DIR_TAG)
             if not out or not Path(out).parent.is_dir():
                 out = Path(cfg.paths.log_dir) / "reports" / sweep_id
-        report = build_report(exp.experiment_id, sweep_id, Path(out),
-                              log_to_mlflow=own["no_mlflow"].lower() not in ("true", "1", "yes"), client=client)
+        report = build_report(
+            exp.experiment_id,
+            sweep_id,
+            Path(out),
+            log_to_mlflow=own["no_mlflow"].lower() not in ("true", "1", "yes"),
+            client=client,
+        )
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
 """One training job: build the pieces from the config, run the engine, log to MLflow, return the objective."""
+
 from __future__ import annotations
 
 import inspect
@@ -44,8 +45,11 @@ def main(cfg: DictConfig) -> float:
             return train(config_of(cfg.reproduce, cfg))
         return train(cfg)
     except KeyboardInterrupt:
-        print("interrupted: the MLflow run is marked KILLED and its last checkpoint kept "
-              "(continue it with: python train.py resume=<run id>)", file=sys.stderr)
+        print(
+            "interrupted: the MLflow run is marked KILLED and its last checkpoint kept "
+            "(continue it with: python train.py resume=<run id>)",
+            file=sys.stderr,
+        )
         sys.exit(130)
     except Exception as err:
         known = isinstance(err, (ConfigError, NonFiniteLossError))
@@ -74,8 +78,11 @@ def config_of(run_id: str, current: DictConfig) -> DictConfig:
         key = override.get_key_element()
         if key in ("resume", "reproduce") or key.startswith(("tracking.", "paths.")):
             continue
-        if not override.is_force_add() and OmegaConf.select(cfg, key, default=_MISSING) is _MISSING \
-                or isinstance(OmegaConf.select(cfg, key), DictConfig):
+        if (
+            not override.is_force_add()
+            and OmegaConf.select(cfg, key, default=_MISSING) is _MISSING
+            or isinstance(OmegaConf.select(cfg, key), DictConfig)
+        ):
             raise ConfigError(f"{override.input_line}: only plain values can be changed on a saved config")
         OmegaConf.update(cfg, key, override.value(), force_add=True)
     return cfg
@@ -136,8 +143,15 @@ def build_loaders(cfg: DictConfig, data, device: torch.device, seed: int):
     """Train (shuffled, augmented), test and, with a validation split, val loaders on ``device``."""
     t, aug = cfg.trainer, cfg.augmentation
     common = dict(device=device, mean=cfg.data.mean, std=cfg.data.std, channels_last=channels_last_of(cfg, device))
-    train = DeviceLoader(data.train, t.batch_size, shuffle=True, drop_last=t.drop_last, seed=seed,
-                         augment=Augment(aug.crop_padding, aug.pad_mode, aug.flip), **common)
+    train = DeviceLoader(
+        data.train,
+        t.batch_size,
+        shuffle=True,
+        drop_last=t.drop_last,
+        seed=seed,
+        augment=Augment(aug.crop_padding, aug.pad_mode, aug.flip),
+        **common,
+    )
     test = DeviceLoader(data.test, t.eval_batch_size, **common)
     val = DeviceLoader(data.val, t.eval_batch_size, **common) if data.val is not None else None
     return train, test, val
@@ -148,26 +162,42 @@ def build(cfg: DictConfig, device: torch.device, data) -> dict:
     model, optimizer = build_model(cfg, device)
     train_loader, test_loader, val_loader = build_loaders(cfg, data, device, cfg.trainer.seed)
     scheduler, interval, monitor = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs, len(train_loader))
-    return dict(model=model, optimizer=optimizer, train_loader=train_loader, test_loader=test_loader,
-                val_loader=val_loader, scheduler=scheduler, scheduler_interval=interval, monitor=monitor,
-                precision=precision_of(cfg, device))
+    return dict(
+        model=model,
+        optimizer=optimizer,
+        train_loader=train_loader,
+        test_loader=test_loader,
+        val_loader=val_loader,
+        scheduler=scheduler,
+        scheduler_interval=interval,
+        monitor=monitor,
+        precision=precision_of(cfg, device),
+    )
 
 
 def build_trainer(cfg: DictConfig, device: torch.device, data) -> Trainer:
     """A Trainer with everything the config asks for, ready to fit; train() adds the checkpoint
     folder and the MLflow callback once its run exists."""
     t = cfg.trainer
-    return Trainer(**build(cfg, device, data), device=device, label_smoothing=t.label_smoothing,
-                   tta_flip=t.tta_flip, target_acc=cfg.target_acc, checkpoint_every=t.checkpoint_every,
-                   compile=t.compile, progress=t.progress)
+    return Trainer(
+        **build(cfg, device, data),
+        device=device,
+        label_smoothing=t.label_smoothing,
+        tta_flip=t.tta_flip,
+        target_acc=cfg.target_acc,
+        checkpoint_every=t.checkpoint_every,
+        compile=t.compile,
+        progress=t.progress,
+    )
 
 
 def load_data(cfg: DictConfig):
     d = cfg.data
     data = load_dataset(d.root, d.npz, d.download, d.train_limit, d.test_limit, d.val_split)
     if cfg.trainer.batch_size > len(data.train):
-        raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is larger than the "
-                          f"{len(data.train)} training images")
+        raise ConfigError(
+            f"trainer.batch_size={cfg.trainer.batch_size} is larger than the {len(data.train)} training images"
+        )
     return data
 
 
@@ -183,8 +213,10 @@ def train(cfg: DictConfig, resume: str | None = None) -> float:
     if resume:
         state = checkpoint.load(Path(cfg.paths.checkpoint_dir) / resume / "last.pt", map_location=device)
         if state["epoch"] >= cfg.trainer.epochs:
-            raise ConfigError(f"run {resume} has trained {state['epoch']} of trainer.epochs={cfg.trainer.epochs} "
-                              f"epochs: nothing to resume (pass a larger trainer.epochs to train on)")
+            raise ConfigError(
+                f"run {resume} has trained {state['epoch']} of trainer.epochs={cfg.trainer.epochs} "
+                f"epochs: nothing to resume (pass a larger trainer.epochs to train on)"
+            )
     data = load_data(cfg)
     experiment_id = tracking.setup(cfg.tracking)
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
@@ -220,8 +252,14 @@ def train(cfg: DictConfig, resume: str | None = None) -> float:
 
 def _log_start(cfg: DictConfig, overrides: list[str], data, git: dict, ckpt_dir: Path, run_id: str) -> None:
     tracking.log_params(tracking.flatten(cfg))
-    mlflow.set_tags({"sweeplab.data.train_sha256": data.train.checksum(), "sweeplab.data.train_size": len(data.train),
-                     "sweeplab.data.test_size": len(data.test), "sweeplab.checkpoint_dir": str(ckpt_dir)})
+    mlflow.set_tags(
+        {
+            "sweeplab.data.train_sha256": data.train.checksum(),
+            "sweeplab.data.train_size": len(data.train),
+            "sweeplab.data.test_size": len(data.test),
+            "sweeplab.checkpoint_dir": str(ckpt_dir),
+        }
+    )
     if git.get("dirty") and git.get("diff"):
         mlflow.log_text(git["diff"], "git/diff.patch")
     # The config as composed (re-runnable with --config-dir), resolved, and Hydra's own record.

@@ -1,4 +1,5 @@
 """Validate the composed config before any work; resolve paths from the repository root."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Everything MLflow: the store, a run's lifecycle, params/metrics/artifacts, run search."""
+
 from __future__ import annotations
 
 import logging
@@ -121,7 +122,7 @@ def _first_use_lock(uri: str):
         return
     import fcntl
 
-    with open(Path(uri[len("sqlite:///"):]).with_suffix(".lock"), "w") as f:
+    with open(Path(uri[len("sqlite:///") :]).with_suffix(".lock"), "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -184,16 +185,22 @@ def environment() -> dict[str, str]:
     import torchvision
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "hydra": hydra.__version__, "mlflow": mlflow.__version__,
-            "host": platform.node(), "device_name": device, "cpu_count": str(os.cpu_count())}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "hydra": hydra.__version__,
+        "mlflow": mlflow.__version__,
+        "host": platform.node(),
+        "device_name": device,
+        "cpu_count": str(os.cpu_count()),
+    }
 
 
 @contextmanager
 def active_run(experiment_id: str, run_name: str | None = None, run_id: str | None = None, tags=None):
     """Start (or reopen, for a resume) a run; end it FINISHED, FAILED (reason in a tag) or KILLED."""
-    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
-                           run_name=run_name, tags=tags)
+    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=run_name, tags=tags)
     status, reason = "FINISHED", None
     try:
         yield run
@@ -214,7 +221,7 @@ def log_params(params: dict[str, str]) -> None:
     client, run_id = MlflowClient(), mlflow.active_run().info.run_id
     items = [Param(k, v) for k, v in params.items()]
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run_id, params=items[i:i + 100])
+        client.log_batch(run_id, params=items[i : i + 100])
 
 
 class MlflowLogger(Callback):
@@ -244,15 +251,18 @@ class MlflowLogger(Callback):
         mlflow.flush_async_logging()
         summary = trainer.summary()
         if summary:
-            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), int(time.time() * 1000), 0)
-                                                        for k, v in summary.items() if v is not None])
+            self.client.log_batch(
+                self.run_id,
+                metrics=[Metric(k, float(v), int(time.time() * 1000), 0) for k, v in summary.items() if v is not None],
+            )
 
 
 def sweep_runs(experiment_id: str, sweep_id: str, statuses=None) -> list:
     """All runs of one sweep, oldest first."""
     query = f"tags.`{SWEEP_TAG}` = '{sweep_id}'"
-    runs = MlflowClient().search_runs([experiment_id], query, order_by=["attributes.start_time ASC"],
-                                      max_results=10_000)
+    runs = MlflowClient().search_runs(
+        [experiment_id], query, order_by=["attributes.start_time ASC"], max_results=10_000
+    )
     return [r for r in runs if statuses is None or r.info.status in statuses]
 
 
@@ -277,13 +287,18 @@ def best_run(experiment_id: str, metric: str, direction: str = "max", sweep_id: 
     if sweep_id:
         query += f" and tags.`{SWEEP_TAG}` = '{sweep_id}'"
     order = "DESC" if direction == "max" else "ASC"
-    runs = MlflowClient().search_runs([experiment_id], query, max_results=10_000,
-                                      order_by=[f"metrics.`{metric}` {order}", "attributes.start_time DESC"])
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        query,
+        max_results=10_000,
+        order_by=[f"metrics.`{metric}` {order}", "attributes.start_time DESC"],
+    )
     return next((r for r in runs if metric in r.data.metrics), None)
 
 
 def latest_sweep(experiment_id: str) -> str | None:
     """The sweep id of the most recently started run that belongs to a sweep (None if none does)."""
-    runs = MlflowClient().search_runs([experiment_id], f"tags.`{SWEEP_TAG}` LIKE '%'", max_results=1,
-                                      order_by=["attributes.start_time DESC"])
+    runs = MlflowClient().search_runs(
+        [experiment_id], f"tags.`{SWEEP_TAG}` LIKE '%'", max_results=1, order_by=["attributes.start_time DESC"]
+    )
     return runs[0].data.tags[SWEEP_TAG] if runs else None
