@@ -4,14 +4,14 @@ picks the best run of the latest sweep; ``run_id=<id>`` a given one. See README.
 import hydra
 from omegaconf import DictConfig
 
-import sweeplab  # noqa: F401  (registers the config resolvers)
+from sweeplab import errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="explain")
 def main(cfg: DictConfig) -> None:
-    from sweeplab.explain import main as explain  # imported here so --help stays fast
+    from sweeplab.explain import explain  # imported here so --help stays fast
 
-    explain(cfg)
+    errors.run_task(explain, cfg)
 
 
 if __name__ == "__main__":

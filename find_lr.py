@@ -5,14 +5,14 @@ model/data/optimizer groups as train.py and prints, as its last line, the sweep 
 import hydra
 from omegaconf import DictConfig
 
-import sweeplab  # noqa: F401  (registers the config resolvers)
+from sweeplab import errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="find_lr")
 def main(cfg: DictConfig) -> None:
-    from sweeplab.lr_finder import main as find  # imported here so --help stays fast
+    from sweeplab.lr_finder import run  # imported here so --help stays fast
 
-    find(cfg)
+    errors.run_task(run, cfg)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,14 @@
 import hydra
 from omegaconf import DictConfig
 
-import sweeplab  # noqa: F401  (registers the config resolvers)
+from sweeplab import errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from sweeplab.run import main as run  # imported here so --help stays fast
+    from sweeplab.run import train  # imported here so --help stays fast
 
-    return run(cfg)
+    return errors.run_task(train, cfg)
 
 
 if __name__ == "__main__":

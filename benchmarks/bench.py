@@ -8,7 +8,7 @@ Each comparison alternates its two sides for several rounds and compares their f
 so a burst of load elsewhere cannot pass for a cost of either side. Targets (issue "Fast training
 path"): (1) data path >= 10x a torchvision DataLoader with PIL transforms, (2) engine <= 1.10x a
 bare PyTorch loop, (3) MLflow logging <= 1.02x epochs without it. (4), by default on a GPU only,
-trains the seed and fast recipes as train.py composes them (experiment=seed / fast, no MLflow) on
+trains the baseline and fast recipes as train.py composes them (experiment=baseline / fast, no MLflow) on
 the real data and prints train images/s, seconds per epoch and the training time to 88% test
 accuracy; ``--max-epochs`` cuts them short, ``--override`` changes their config.
 """
@@ -63,7 +63,7 @@ def side_by_side(a, b, rounds: int) -> tuple[float, float, float]:
 
 
 def augmented_loader(split: Split, batch: int, device) -> DeviceLoader:
-    """The on-device training data path with the seed's augmentation (pad 2 reflect, crop, flip)."""
+    """The on-device training data path with the baseline's augmentation (pad 2 reflect, crop, flip)."""
     return DeviceLoader(split, batch, device, MEAN, STD, augment=Augment(2, "reflect", True), shuffle=True)
 
 
@@ -189,17 +189,15 @@ def bench_mlflow(split: Split, device, batch: int, width: int, steps: int, round
     store takes to write an epoch's metrics (done in MLflow's logging thread: an upper bound of
     what it takes from training), against the epoch time without logging.
     """
-    from mlflow.entities import Metric
 
     batches, model, opt = model_and_batches(split, device, batch, width, steps)
     test = Batches(batches[:2])
     with tempfile.TemporaryDirectory() as tmp:
-        import mlflow
         from omegaconf import OmegaConf
 
         experiment = tracking.setup(OmegaConf.create({"uri": None, "store_dir": tmp, "experiment": "bench"}))
-        with mlflow.start_run(experiment_id=experiment) as run:
-            logger = TimedLogger(run.info.run_id)
+        with tracking.run(experiment) as run_id:
+            logger = TimedLogger(run_id)
             logged = Trainer(model, opt, Batches(batches), test, device=device, progress=False, callbacks=[logger])
             bare = Trainer(model, opt, Batches(batches), test, device=device, progress=False)
 
@@ -212,10 +210,8 @@ def bench_mlflow(split: Split, device, batch: int, width: int, steps: int, round
                 return run_epochs
 
             t_bare, t_logged, ratio = side_by_side(fit(bare), fit(logged), rounds)
-            metrics = [Metric(k, float(v), 0, 1) for k, v in logged.history[-1].items() if k != "epoch"]
-            write = statistics.median(
-                timed(lambda: logger.client.log_batch(run.info.run_id, metrics=metrics)) for _ in range(10)
-            )
+            metrics = {k: v for k, v in logged.history[-1].items() if k != "epoch"}
+            write = statistics.median(timed(lambda: tracking.log_metrics(metrics, 1, run_id)) for _ in range(10))
     per_epoch = logger.seconds["on_epoch_end"] / (rounds * epochs) + write  # the logged side ran `rounds` fits
     per_fit = (logger.seconds["on_fit_start"] + logger.seconds["on_fit_end"]) / rounds
     direct = 1 + (per_epoch + per_fit / epochs) / (t_bare / epochs)
@@ -231,7 +227,7 @@ def bench_recipes(recipes: list[str], device, npz: str | None, max_epochs: int |
     """Each recipe as train.py composes it, trained without MLflow from a fresh seeded model."""
     from hydra import compose, initialize_config_dir
 
-    from sweeplab import run
+    from sweeplab import build
     from sweeplab.engine import seed_everything
     from sweeplab.settings import validate
 
@@ -248,9 +244,9 @@ def bench_recipes(recipes: list[str], device, npz: str | None, max_epochs: int |
                 ],
             )
             validate(cfg)
-            data = run.load_data(cfg)
+            data = build.load_data(cfg)
             seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
-            trainer = run.build_trainer(cfg, device, data)
+            trainer = build.build_trainer(cfg, device, data)
             epochs = min(cfg.trainer.epochs, max_epochs or cfg.trainer.epochs)
             start = time.perf_counter()
             history = trainer.fit(epochs)
@@ -286,17 +282,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12, help="training steps per round in (2) and (3)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=3, help="epochs of each fit in (3)")
-    p.add_argument("--recipes", help="comma-separated experiments for (4) (default: seed,fast on a GPU, none on CPU)")
+    p.add_argument("--recipes", help="comma-separated experiments for (4) (default: baseline,fast on a GPU, else none)")
     p.add_argument("--max-epochs", type=int, help="train each recipe at most this many epochs (default: all)")
     p.add_argument("--override", nargs="*", default=[], help="Hydra overrides for the recipes in (4)")
     args = p.parse_args()
     device = torch.device(args.device)
     width = args.width or (64 if device.type == "cuda" else 16)
-    recipes = [
-        r
-        for r in (args.recipes if args.recipes is not None else "seed,fast" if device.type == "cuda" else "").split(",")
-        if r
-    ]
+    default = "baseline,fast" if device.type == "cuda" else ""
+    recipes = [r for r in (args.recipes if args.recipes is not None else default).split(",") if r]
     split = images(args)
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(

@@ -3,9 +3,9 @@
 #
 #   bash benchmarks/gpu.sh path/to/cifar10.npz [log folder [overrides...]]
 #
-# 1. benchmarks/bench.py: (1)-(3) with the full ResNet-18, then (4) the seed (50 epochs) and fast
+# 1. benchmarks/bench.py: (1)-(3) with the full ResNet-18, then (4) the baseline (50 epochs) and fast
 #    (30 epochs) recipes: train images/s, seconds per epoch, training time to 88%, best accuracy.
-# 2. The seed's two-lr sweep as a user runs it (jobs one after the other), timed wall to wall;
+# 2. The baseline's two-lr sweep as a user runs it (jobs one after the other), timed wall to wall;
 #    with JOBLIB=1 also both jobs at once on the one GPU (hydra/launcher=joblib, n_jobs=2).
 # Logs go to outputs/benchmarks/<time> by default, the sweeps to the default MLflow store (mlruns/).
 # Hydra overrides after the log folder apply to (4) and to the sweeps (the tests use tiny ones).
@@ -23,7 +23,7 @@ export SWEEPLAB_CIFAR10_NPZ=$npz PYTHONUNBUFFERED=1
   python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'threads', torch.get_num_threads())"
 } | tee "$out/machine.txt"
 
-python benchmarks/bench.py --npz "$npz" --recipes seed,fast --override "$@" 2>&1 | tee "$out/bench.log"
+python benchmarks/bench.py --npz "$npz" --recipes baseline,fast --override "$@" 2>&1 | tee "$out/bench.log"
 
 sweep() {  # name, extra overrides...
   local name=$1 start=$SECONDS; shift

@@ -25,7 +25,7 @@ def test_benchmark_prints_each_comparison_and_each_recipe(tiny_npz):
         "--epochs",
         "1",
         "--recipes",
-        "seed,fast",
+        "baseline,fast",
         "--max-epochs",
         "2",
         "--override",
@@ -45,7 +45,7 @@ def test_benchmark_prints_each_comparison_and_each_recipe(tiny_npz):
     )
     # Both recipes as train.py composes them (their own epoch counts), cut to 2 epochs; the tiny
     # data set is learnable, so each reaches the 20% target and says when.
-    for recipe, epochs in (("seed", 50), ("fast", 30)):
+    for recipe, epochs in (("baseline", 50), ("fast", 30)):
         line = re.search(rf"^\(4\) {recipe}: 2 of {epochs} epochs, [\d,]+ train img/s, [\d.]+ s/epoch .*$", out, re.M)
         assert line, out
         assert re.search(r"20% at epoch [12] after [\d.]+ s of training", line.group(0)), line.group(0)

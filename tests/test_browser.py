@@ -140,7 +140,7 @@ def test_runs_page_shows_both_runs(ui, browser, tmp_path):
 
 def test_compare_page_shows_the_lr_values(ui, browser, tmp_path):
     """The report's compare link: the parameter table lists optimizer.lr per run."""
-    from sweeplab.report import compare_link
+    from sweeplab.compare import compare_link
 
     client, exp = ui["client"], ui["experiment"].experiment_id
     runs = client.search_runs([exp], "tags.`sweeplab.sweep` LIKE '%'", order_by=["attributes.start_time ASC"])

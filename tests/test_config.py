@@ -9,8 +9,9 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 
 import sweeplab  # noqa: F401  (resolvers)
-from sweeplab.run import build_scheduler
-from sweeplab.settings import ConfigError, resolve_device, validate
+from sweeplab.build import build_scheduler
+from sweeplab.errors import ConfigError
+from sweeplab.settings import resolve_device, validate
 
 from conftest import ROOT
 
@@ -48,7 +49,7 @@ def test_defaults_are_the_seed_recipe():
     assert (cfg.trainer.batch_size, cfg.trainer.epochs) == (128, 50)
     assert cfg.augmentation.crop_padding == 2 and cfg.augmentation.flip  # pad to 36, crop 32, flip
     assert list(cfg.data.std) == [0.2470, 0.2435, 0.2616]  # the true CIFAR-10 statistics
-    assert cfg_with("experiment=seed") == cfg  # the recipe file pins exactly the defaults
+    assert cfg_with("experiment=baseline") == cfg  # the recipe file pins exactly the defaults
 
 
 def test_paths_do_not_depend_on_the_working_directory(tmp_path, monkeypatch):

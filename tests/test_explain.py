@@ -12,8 +12,8 @@ from hydra import compose, initialize_config_dir
 from matplotlib.image import imread
 from omegaconf import OmegaConf
 
-from sweeplab import plots
-from sweeplab.explain import FILES, ExplainError, cam_method, main, resolve_layer
+from sweeplab import errors, plots
+from sweeplab.explain import FILES, ExplainError, cam_method, explain, resolve_layer
 from sweeplab.models import resnet18
 
 from conftest import ROOT, TINY, mlflow_client, run_entry
@@ -74,7 +74,7 @@ def explain_cfg(sweep):
 def fails(cfg, capsys) -> str:
     """The one-line error of the task function, after checking it exits non-zero."""
     with pytest.raises(SystemExit) as exit_info:
-        main(cfg)
+        errors.run_task(explain, cfg)
     assert exit_info.value.code != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err and err[-1].startswith("error: ")
@@ -129,7 +129,7 @@ def test_figures_are_logged_to_the_explained_run_only(sweep, explained):
 def test_sweep_metric_direction_and_grid_options(sweep, explain_cfg, tmp_path):
     """sweep=<id> direction=min picks the worse run; a 2x3 grid of true-class GradCAM on layer3."""
     out = tmp_path / "out"
-    main(
+    explain(
         explain_cfg(
             f"sweep={sweep['sweep_id']}",
             "metric=best_test_acc",

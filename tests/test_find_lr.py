@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 import sweeplab  # noqa: F401  (resolvers)
 from sweeplab import lr_finder
 from sweeplab.data import DeviceLoader, load_dataset
+from sweeplab.errors import ConfigError
 from sweeplab.models import resnet18
-from sweeplab.settings import ConfigError
 
 from conftest import ROOT, TINY, mlflow_client, run_entry
 
@@ -85,7 +85,7 @@ def test_last_line_is_a_sweep_command_hydra_parses(found):
     # One value per distinct suggestion (two runs that agree to 3 digits give one value).
     distinct = {lr_finder.format_lr(r["suggested_lr_exact"]) for r in found["summary"]["runs"]}
     assert sorted(printed) == sorted(distinct)
-    for v in printed:  # 3 significant digits, written like the seed's 1e-2 and 9.33e-3
+    for v in printed:  # 3 significant digits, written like the baseline's 1e-2 and 9.33e-3
         assert re.fullmatch(r"[1-9](\.\d?[1-9])?e-?[1-9]\d*", v), v
     # The experiment's overrides are repeated; the finder's own and the where-things-run ones are not.
     assert "model=resnet18_narrow" in args and "model.width=4" in args

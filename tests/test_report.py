@@ -4,9 +4,12 @@ import csv
 import statistics
 
 import pytest
+from hydra import compose, initialize_config_dir
 
-from sweeplab import report as rp
+from sweeplab import compare, errors, tracking
+from sweeplab.report import report
 
+from conftest import ROOT
 from tiny_sweeps import run_sweep, two_run_sweep
 
 
@@ -58,8 +61,9 @@ def test_multirun_writes_the_report_into_its_sweep_folder(sweep):
 
 def test_figure_has_four_axes_with_one_line_per_run(sweep):
     sweep_id = job_runs(sweep)[0].data.tags["sweeplab.sweep"]
-    report = rp.build_report(sweep["experiment"].experiment_id, sweep_id, log_to_mlflow=False, client=sweep["client"])
-    axes = report.figure.axes
+    tracking.use_store(sweep["client"].tracking_uri)
+    result = compare.build_report(sweep["experiment"].experiment_id, sweep_id, log_to_mlflow=False)
+    axes = result.figure.axes
     assert [ax.get_title() for ax in axes] == ["Test accuracy", "Test loss", "Train accuracy", "Train loss"]
     for ax in axes:
         assert len(ax.get_lines()) == 2
@@ -118,9 +122,15 @@ def test_report_run_holds_the_report_and_no_metrics(sweep):
     assert "| optimizer.lr=0.02 |" in run.data.tags["mlflow.note.content"]
 
 
+def report_cfg(*overrides):
+    """The report command's config as ``python -m sweeplab.report <overrides>`` composes it."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("report", overrides=["tracking.uri=null", *overrides])
+
+
 def test_on_demand_report_reuses_the_report_run(sweep, tmp_path, capsys):
     out = tmp_path / "again"
-    assert rp.main(["sweep=latest", f"tracking.store_dir={sweep['store']}", f"out={out}"]) == 0
+    report(report_cfg("sweep=latest", f"tracking.store_dir={sweep['store']}", f"out={out}"))
     assert "| optimizer.lr=0.05 |" in capsys.readouterr().out
     with open(out / "comparison.csv") as f:
         again = list(csv.DictReader(f))
@@ -129,7 +139,10 @@ def test_on_demand_report_reuses_the_report_run(sweep, tmp_path, capsys):
 
 
 def test_on_demand_report_of_an_unknown_sweep_is_one_line(sweep, capsys):
-    assert rp.main(["sweep=nope", f"tracking.store_dir={sweep['store']}", "no_mlflow=true"]) == 2
+    cfg = report_cfg("sweep=nope", f"tracking.store_dir={sweep['store']}", "log_to_mlflow=false")
+    with pytest.raises(SystemExit) as exit_info:
+        errors.run_task(report, cfg)
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no runs of sweep nope")
 
@@ -152,3 +165,27 @@ def test_a_sweep_with_a_failed_run_still_reports(failed_sweep):
     assert "Best: **optimizer.lr=0.05**" in markdown
     (run,) = report_runs(failed_sweep)
     assert run.data.tags["sweeplab.report.failed"] == "1"
+
+
+def test_report_command_is_a_hydra_app():
+    """``python -m sweeplab.report`` has --help and --cfg job like the other entry points."""
+    import subprocess
+    import sys
+
+    from conftest import entry_env
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "sweeplab.report", *args],
+            capture_output=True,
+            text=True,
+            env=entry_env(),
+            timeout=120,
+            cwd=ROOT.parent,
+        )
+
+    help_text = run("--help")
+    assert help_text.returncode == 0 and "report: the comparison of one sweep" in help_text.stdout
+    job = run("--cfg", "job", "sweep=20260101-000000-abcdef", "out=/tmp/reports")
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert "sweep: 20260101-000000-abcdef" in job.stdout and "log_to_mlflow: true" in job.stdout

@@ -312,7 +312,7 @@ def test_a_dead_server_fails_fast_before_any_training(workdir):
 
 
 def test_probe_names_the_store_and_hides_the_password():
-    from sweeplab.settings import ConfigError
+    from sweeplab.errors import ConfigError
     from sweeplab.tracking import check_reachable
 
     port = free_port()

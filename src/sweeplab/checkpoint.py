@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from sweeplab.settings import ConfigError
+from sweeplab.errors import ConfigError
 
 
 class CheckpointError(ConfigError):

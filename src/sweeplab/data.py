@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sweeplab.settings import ConfigError
+from sweeplab.errors import ConfigError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
@@ -130,7 +130,7 @@ def load_dataset(
 
 @dataclass
 class Augment:
-    """The seed's augmentation, batched: pad + random crop back to size, horizontal flip."""
+    """The baseline's augmentation, batched: pad + random crop back to size, horizontal flip."""
 
     crop_padding: int = 0
     pad_mode: str = "reflect"  # or zeros

@@ -22,11 +22,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sweeplab import checkpoint
+from sweeplab.errors import RunFailed
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunFailed):
     """The training loss became NaN or infinite (usually: the learning rate is too high)."""
 
 
@@ -49,6 +50,28 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
     elif torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
+
+
+@torch.inference_mode()
+def evaluate(model, loader, device: torch.device, *, autocast=None, tta_flip: bool = False) -> dict:
+    """Mean loss, accuracy and per-image predictions of ``model`` over ``loader`` (in its order).
+
+    ``tta_flip`` averages the logits of each image and its mirror image. The model is put in eval mode.
+    """
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    preds = []
+    for x, y in loader:
+        with autocast or nullcontext():
+            logits = model(x)
+            if tta_flip:
+                logits = (logits + model(x.flip(3))) / 2
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        preds.append(logits.argmax(1))
+    preds = torch.cat(preds)
+    correct = int((preds == loader.labels[: len(preds)]).sum())
+    n = len(preds)
+    return {"loss": loss_sum.item() / n, "acc": correct / n, "correct": correct, "total": n, "preds": preds}
 
 
 class Trainer:
@@ -147,24 +170,8 @@ class Trainer:
         self.compile_seconds = time.perf_counter() - start
         log.info(f"torch.compile: {self.compile_seconds:.1f} s (not counted in epoch times)")
 
-    @torch.inference_mode()
     def evaluate(self, loader) -> dict:
-        """Mean loss, accuracy and per-image predictions over ``loader`` (in its order)."""
-        self.model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        preds = []
-        for x, y in loader:
-            with self.autocast:
-                logits = self.forward(x)
-                if self.tta_flip:
-                    logits = logits + self.forward(x.flip(3))
-                    logits = logits / 2
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-            preds.append(logits.argmax(1))
-        preds = torch.cat(preds)
-        correct = int((preds == loader.labels[: len(preds)]).sum())
-        n = len(preds)
-        return {"loss": loss_sum.item() / n, "acc": correct / n, "correct": correct, "total": n, "preds": preds}
+        return evaluate(self.forward, loader, self.device, autocast=self.autocast, tta_flip=self.tta_flip)
 
     @property
     def lr(self) -> float:

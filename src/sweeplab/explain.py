@@ -6,29 +6,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from sweeplab import checkpoint, plots, tracking
+from sweeplab import build, checkpoint, job, plots, tracking
 from sweeplab.data import DeviceLoader, load_dataset
-from sweeplab.engine import Trainer
-from sweeplab.settings import ConfigError, resolve_device
+from sweeplab.engine import evaluate
+from sweeplab.errors import ConfigError
+from sweeplab.settings import resolve_device
 
 log = logging.getLogger(__name__)
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in the console log
 
 CONFIG_ARTIFACT = "config/config.yaml"
 CHECKPOINT_ARTIFACT = "checkpoints/best.pt"
@@ -50,15 +44,6 @@ class ExplainError(ConfigError):
 
 class NothingToExplain(ExplainError):
     """The model classifies every test image correctly."""
-
-
-def main(cfg: DictConfig) -> None:
-    """The task function behind explain.py: one-line errors, non-zero exit code."""
-    try:
-        explain(cfg)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
 
 
 # -- options ------------------------------------------------------------------------------------
@@ -119,76 +104,48 @@ def check_options(cfg: DictConfig) -> None:
 
 
 # -- which run ----------------------------------------------------------------------------------
-def pick_run(cfg: DictConfig):
+def pick_run(cfg: DictConfig) -> tracking.Run:
     """``run_id``, else the best FINISHED run of the chosen sweep by ``metric``."""
-    uri = tracking.store_uri(cfg.tracking)
-    tracking.use_store(uri)
-    client = MlflowClient()
-    try:
-        if cfg.run_id:
-            try:
-                return client.get_run(str(cfg.run_id))
-            except mlflow.exceptions.MlflowException:
-                raise ExplainError(f"no run {cfg.run_id} in the MLflow store {uri}") from None
-        exp = client.get_experiment_by_name(cfg.tracking.experiment)
-        if exp is None or not client.search_runs([exp.experiment_id], max_results=1):
-            raise ExplainError(
-                f"no runs in experiment {cfg.tracking.experiment!r} of the MLflow store {uri}; "
-                f"train some first (python train.py -m ...) or point tracking.store_dir at the store"
-            )
-        sweep = str(cfg.sweep) if cfg.sweep is not None else "all"
-        if sweep == "latest":
-            sweep = tracking.latest_sweep(exp.experiment_id) or "all"
-            log.info(f"latest sweep: {sweep}" if sweep != "all" else "no sweeps in the store: choosing among all runs")
-        sweep_id = None if sweep == "all" else sweep
-        if sweep_id and not tracking.sweep_runs(exp.experiment_id, sweep_id):
-            raise ExplainError(f"no runs of sweep {sweep_id} in experiment {cfg.tracking.experiment!r} ({uri})")
-        run = tracking.best_run(exp.experiment_id, str(cfg.metric), cfg.direction, sweep_id)
-        if run is None:
-            where = f"sweep {sweep_id}" if sweep_id else f"experiment {cfg.tracking.experiment!r}"
-            raise ExplainError(f"no FINISHED run of {where} records the metric {cfg.metric!r}")
-        return run
-    except mlflow.exceptions.MlflowException as err:
-        raise ExplainError(f"MLflow store {uri} is not usable: {str(err).splitlines()[0]}") from None
-
-
-def _download(run, artifact: str, dst: str) -> Path:
-    folder, _, name = artifact.rpartition("/")
-    try:
-        listed = {Path(f.path).name for f in MlflowClient().list_artifacts(run.info.run_id, folder)}
-    except (mlflow.exceptions.MlflowException, OSError):
-        listed = set()
-    if name not in listed:
+    experiment_id = tracking.find_experiment(cfg.tracking)
+    if cfg.run_id:
+        return tracking.get_run(str(cfg.run_id))
+    if experiment_id is None or not tracking.has_runs(experiment_id):
         raise ExplainError(
-            f"run {run.info.run_id} ({run.info.run_name}) has no {artifact} artifact"
-            + (" (it ended before its first checkpoint?)" if artifact == CHECKPOINT_ARTIFACT else "")
+            f"no runs in experiment {cfg.tracking.experiment!r} of the MLflow store {tracking.tracking_uri()}; "
+            f"train some first (python train.py -m ...) or point tracking.store_dir at the store"
         )
-    try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=artifact, dst_path=dst))
-    except (mlflow.exceptions.MlflowException, OSError) as err:
-        raise ExplainError(f"cannot download {artifact} of run {run.info.run_id}: {str(err).splitlines()[0]}") from None
+    sweep = str(cfg.sweep) if cfg.sweep is not None else "all"
+    if sweep == "latest":
+        sweep = tracking.latest_sweep(experiment_id) or "all"
+        log.info(f"latest sweep: {sweep}" if sweep != "all" else "no sweeps in the store: choosing among all runs")
+    sweep_id = None if sweep == "all" else sweep
+    if sweep_id and not tracking.sweep_runs(experiment_id, sweep_id):
+        raise ExplainError(f"no runs of sweep {sweep_id} in experiment {cfg.tracking.experiment!r}")
+    run = tracking.best_run(experiment_id, str(cfg.metric), cfg.direction, sweep_id)
+    if run is None:
+        where = f"sweep {sweep_id}" if sweep_id else f"experiment {cfg.tracking.experiment!r}"
+        raise ExplainError(f"no FINISHED run of {where} records the metric {cfg.metric!r}")
+    return run
+
+
+def _download(run: tracking.Run, artifact: str, dst: str) -> Path:
+    folder, _, name = artifact.rpartition("/")
+    if name not in tracking.artifact_names(run.run_id, folder):
+        hint = " (it ended before its first checkpoint?)" if artifact == CHECKPOINT_ARTIFACT else ""
+        raise ExplainError(f"run {run.run_id} ({run.name}) has no {artifact} artifact{hint}")
+    return tracking.download(run.run_id, artifact, dst)
 
 
 # -- the model as it was trained ----------------------------------------------------------------
-def rebuild_model(saved: DictConfig, state: dict, run_id: str) -> nn.Module:
-    """The saved config's model node, instantiated, with the checkpoint's weights (strictly)."""
+def rebuild_model(saved: DictConfig, state: dict, run_id: str, device: torch.device) -> nn.Module:
+    """The saved config's model, built as training built it, with the checkpoint's weights (strictly)."""
     try:
-        model = instantiate(saved.model)
-    except Exception as err:  # a _target_ that no longer exists, a bad argument
-        raise ExplainError(
-            f"cannot rebuild the model of run {run_id} from its saved config: {str(err).splitlines()[0]}"
-        ) from None
-    weights = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0]
+        return build.load_weights(build.build_model(saved, device), state)
+    except ConfigError as err:
         described = OmegaConf.to_container(saved.model, resolve=True)
         raise ExplainError(
-            f"the checkpoint of run {run_id} does not fit the model its config describes ({described}): {detail[:300]}"
+            f"the checkpoint of run {run_id} does not fit the model its config describes ({described}): {err}"
         ) from None
-    return model
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
@@ -221,24 +178,24 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
 
 def load_test_set(saved: DictConfig, where: DictConfig):
     """The saved run's test split; ``where`` (the command's data.npz / data.root) says where it lives now."""
-    d = saved.data
+    data = saved.data
     if where.get("npz"):
-        d.npz = str(where.npz)
+        data.npz = str(where.npz)
     if where.get("root"):
-        d.root = str(where.root)
+        data.root = str(where.root)
         if not where.get("npz"):
-            d.npz = None
+            data.npz = None
     try:
-        root, npz, download, test_limit = d.root, d.npz, d.download, d.test_limit
+        root, npz, download, test_limit = data.root, data.npz, data.download, data.test_limit
     except Exception as err:  # an interpolation that no longer resolves here
         raise ExplainError(
             f"the run's data config does not resolve here ({str(err).splitlines()[0]}); "
             f"set data.npz=... or data.root=..."
         ) from None
-    data = load_dataset(root, npz, download, train_limit=1, test_limit=test_limit, val_split=0)
-    if len(data.classes) != int(d.num_classes):
-        raise ExplainError(f"the data has {len(data.classes)} classes but the run was trained on {d.num_classes}")
-    return data
+    dataset = load_dataset(root, npz, download, train_limit=1, test_limit=test_limit, val_split=0)
+    if len(dataset.classes) != int(data.num_classes):
+        raise ExplainError(f"the data has {len(dataset.classes)} classes but the run was trained on {data.num_classes}")
+    return dataset
 
 
 # -- the explanation ----------------------------------------------------------------------------
@@ -269,9 +226,7 @@ def compute_cams(
 def output_dir(cfg: DictConfig) -> Path:
     if cfg.output_dir:
         return Path(cfg.output_dir).expanduser().resolve()
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path.cwd() / "explain"
+    return job.output_dir() or Path.cwd() / "explain"
 
 
 def explain(cfg: DictConfig) -> Explanation:
@@ -279,9 +234,9 @@ def explain(cfg: DictConfig) -> Explanation:
     method = cam_method(cfg.method)
     device = resolve_device(cfg.device)
     run = pick_run(cfg)
-    run_id, metric_value = run.info.run_id, run.data.metrics.get(str(cfg.metric))
+    run_id, metric_value = run.run_id, run.metrics.get(str(cfg.metric))
     log.info(
-        f"explaining run {run_id} ({run.info.run_name}, {run.info.status}"
+        f"explaining run {run_id} ({run.name}, {run.status}"
         + (f", {cfg.metric}={metric_value:.4f})" if metric_value is not None else ")")
     )
 
@@ -293,15 +248,15 @@ def explain(cfg: DictConfig) -> Explanation:
             state = checkpoint.load(path, map_location="cpu")
         except checkpoint.CheckpointError as err:  # name the artifact, not the temporary download
             raise ExplainError(f"run {run_id}: {str(err).replace(str(path), CHECKPOINT_ARTIFACT)}") from None
-    model = rebuild_model(saved, state, run_id).to(device).eval()
+    model = rebuild_model(saved, state, run_id, device).eval()
     layer = resolve_layer(model, cfg.target_layer)
 
     data = load_test_set(saved, cfg.data)
-    trained_size = run.data.tags.get("sweeplab.data.test_size")
+    trained_size = run.tags.get("sweeplab.data.test_size")
     if trained_size and int(trained_size) != len(data.test):
         log.warning(f"the run was evaluated on {trained_size} test images; this data has {len(data.test)}")
     loader = DeviceLoader(data.test, cfg.batch_size, device, list(saved.data.mean), list(saved.data.std))
-    result = Trainer(model, None, None, loader, device=device).evaluate(loader)
+    result = evaluate(model, loader, device)
     preds, labels = result["preds"].cpu(), loader.labels.cpu()
     wrong = torch.nonzero(preds != labels).flatten()
     log.info(
@@ -318,28 +273,28 @@ def explain(cfg: DictConfig) -> Explanation:
     cams = compute_cams(model, layer, method, x, targets)
     files = write_outputs(cfg, run, data.classes, data.test.images[idx], idx, preds, labels, targets, cams, result)
     if cfg.log_artifacts:
-        client = MlflowClient()
-        for path in files.values():
-            client.log_artifact(run_id, str(path), ARTIFACT_DIR)
+        tracking.log_files(files.values(), ARTIFACT_DIR, run_id)
         log.info(f"logged {len(files)} files to MLflow run {run_id} under {ARTIFACT_DIR}/")
     print(f"explained {len(idx)} of {len(wrong)} misclassified test images of run {run_id}: {files['grid'].parent}")
     return Explanation(run_id, files["grid"].parent, files, len(wrong), len(labels), result["acc"])
 
 
-def write_outputs(cfg: DictConfig, run, classes, images, idx, preds, labels, targets, cams, result) -> dict[str, Path]:
+def write_outputs(
+    cfg: DictConfig, run: tracking.Run, classes, images, idx, preds, labels, targets, cams, result
+) -> dict[str, Path]:
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
     out = output_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     files = {k: out / v for k, v in FILES.items()}
-    run_id, n = run.info.run_id, len(idx)
+    run_id, n = run.run_id, len(idx)
 
     rgb = [img.permute(1, 2, 0).numpy().astype(np.float32) / 255 for img in images]
     overlays = [show_cam_on_image(image, cam, use_rgb=True) for image, cam in zip(rgb, cams)]
     titles = [f"Predicted: {classes[preds[i]]}\nActual: {classes[labels[i]]}" for i in idx.tolist()]
     rows = cfg.rows or -(-n // cfg.cols)
     what = f"{cfg.method} on {cfg.target_layer}, {target_of(cfg)} class"
-    head = f"run {run.info.run_name or run_id[:8]} ({run_id[:8]}), test acc {100 * result['acc']:.2f}%"
+    head = f"run {run.name or run_id[:8]} ({run_id[:8]}), test acc {100 * result['acc']:.2f}%"
     plots.save(plots.image_grid_figure(overlays, titles, rows, cfg.cols, f"{what}\n{head}"), files["grid"])
     plots.save(plots.image_heatmap_pairs_figure(rgb, cams, titles, cfg.cols, f"{what}\n{head}"), files["pairs"])
 
@@ -359,9 +314,9 @@ def write_outputs(cfg: DictConfig, run, classes, images, idx, preds, labels, tar
     per_class = {c: float(matrix[i, i] / max(1, matrix[i].sum())) for i, c in enumerate(classes)}
     summary = {
         "run_id": run_id,
-        "run_name": run.info.run_name,
+        "run_name": run.name,
         "metric": str(cfg.metric),
-        "metric_value": run.data.metrics.get(str(cfg.metric)),
+        "metric_value": run.metrics.get(str(cfg.metric)),
         "method": str(cfg.method),
         "target_layer": str(cfg.target_layer),
         "target": target_of(cfg),

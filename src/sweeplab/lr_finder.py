@@ -25,20 +25,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import mlflow
 import torch
 import yaml
-from hydra.core.hydra_config import HydraConfig
-from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab import plots, tracking  # plots first: the Agg backend before torch-lr-finder imports pyplot
+from sweeplab import build, job, plots, tracking  # plots first: the Agg backend before torch-lr-finder imports pyplot
 from sweeplab.data import DeviceLoader, Split
 from sweeplab.engine import seed_everything
-from sweeplab.run import ENVIRONMENT_KEYS as RUN_ENVIRONMENT_KEYS
-from sweeplab.run import build_loaders, build_model, channels_last_of, hydra_overrides, load_data, precision_of
-from sweeplab.settings import ConfigError, resolve_device
+from sweeplab.errors import ConfigError, RunFailed
 from sweeplab.settings import validate as validate_common
 
 with warnings.catch_warnings():  # tqdm.autonotebook warns that it is experimental
@@ -50,11 +44,9 @@ log = logging.getLogger(__name__)
 
 VAL_SOURCES = ("none", "test", "val")
 STEP_MODES = ("exp", "linear")
-# Overrides that say where things run, not what is trained: not repeated in the sweep command.
-ENVIRONMENT_KEYS = RUN_ENVIRONMENT_KEYS + ("task_name",)
 
 
-class NoSuggestionError(RuntimeError):
+class NoSuggestionError(RunFailed):
     """No run produced a suggestion (every one diverged or stopped too early)."""
 
 
@@ -112,49 +104,49 @@ def _integer(value, key: str, minimum: int, optional: bool = False) -> None:
         raise ConfigError(f"{key}={value!r} must be an integer >= {minimum}")
 
 
-def min_steps(lcfg: DictConfig) -> int:
+def min_steps(lr_finder: DictConfig) -> int:
     """The fewest recorded steps the library's suggestion works with (``plot`` skips start and end)."""
-    return int(lcfg.skip_start) + int(lcfg.skip_end) + 2
+    return int(lr_finder.skip_start) + int(lr_finder.skip_end) + 2
 
 
 def validate(cfg: DictConfig) -> None:
     """The common checks (settings.validate), then the lr_finder group; ConfigError on the first problem."""
     validate_common(cfg)
-    lcfg = cfg.get("lr_finder")
-    if lcfg is None:
+    lr_finder = cfg.get("lr_finder")
+    if lr_finder is None:
         raise ConfigError("the config has no lr_finder group (run find_lr.py, or add lr_finder=default)")
-    start, end = _number(lcfg.start_lr, "lr_finder.start_lr"), _number(lcfg.end_lr, "lr_finder.end_lr")
+    start, end = _number(lr_finder.start_lr, "lr_finder.start_lr"), _number(lr_finder.end_lr, "lr_finder.end_lr")
     if start <= 0:
-        raise ConfigError(f"lr_finder.start_lr={lcfg.start_lr} must be positive")
+        raise ConfigError(f"lr_finder.start_lr={lr_finder.start_lr} must be positive")
     if start >= end:
-        raise ConfigError(f"lr_finder.start_lr={lcfg.start_lr} must be below lr_finder.end_lr={lcfg.end_lr}")
-    _integer(lcfg.runs, "lr_finder.runs", 1)
-    _integer(lcfg.seed, "lr_finder.seed", 0)
-    _integer(lcfg.skip_start, "lr_finder.skip_start", 0)
-    _integer(lcfg.skip_end, "lr_finder.skip_end", 0)
-    _integer(lcfg.num_iter, "lr_finder.num_iter", 2)
-    if lcfg.num_iter < min_steps(lcfg):
+        raise ConfigError(f"lr_finder.start_lr={lr_finder.start_lr} must be below lr_finder.end_lr={lr_finder.end_lr}")
+    _integer(lr_finder.runs, "lr_finder.runs", 1)
+    _integer(lr_finder.seed, "lr_finder.seed", 0)
+    _integer(lr_finder.skip_start, "lr_finder.skip_start", 0)
+    _integer(lr_finder.skip_end, "lr_finder.skip_end", 0)
+    _integer(lr_finder.num_iter, "lr_finder.num_iter", 2)
+    if lr_finder.num_iter < min_steps(lr_finder):
         raise ConfigError(
-            f"lr_finder.num_iter={lcfg.num_iter} is too few iterations for a suggestion: the "
-            f"library skips the first {lcfg.skip_start} and last {lcfg.skip_end} steps and needs "
-            f"at least {min_steps(lcfg)} (raise lr_finder.num_iter or lower lr_finder.skip_start)"
+            f"lr_finder.num_iter={lr_finder.num_iter} is too few iterations for a suggestion: the "
+            f"library skips the first {lr_finder.skip_start} and last {lr_finder.skip_end} steps and needs "
+            f"at least {min_steps(lr_finder)} (raise lr_finder.num_iter or lower lr_finder.skip_start)"
         )
-    if lcfg.step_mode not in STEP_MODES:
-        raise ConfigError(f"lr_finder.step_mode={lcfg.step_mode!r} must be one of {', '.join(STEP_MODES)}")
-    if not 0.0 <= _number(lcfg.smooth_f, "lr_finder.smooth_f") < 1.0:
-        raise ConfigError(f"lr_finder.smooth_f={lcfg.smooth_f} must lie in [0, 1)")
-    if not _number(lcfg.diverge_th, "lr_finder.diverge_th") > 1.0:
-        raise ConfigError(f"lr_finder.diverge_th={lcfg.diverge_th} must be above 1 (a multiple of the best loss)")
-    val = _val_source(lcfg)
+    if lr_finder.step_mode not in STEP_MODES:
+        raise ConfigError(f"lr_finder.step_mode={lr_finder.step_mode!r} must be one of {', '.join(STEP_MODES)}")
+    if not 0.0 <= _number(lr_finder.smooth_f, "lr_finder.smooth_f") < 1.0:
+        raise ConfigError(f"lr_finder.smooth_f={lr_finder.smooth_f} must lie in [0, 1)")
+    if not _number(lr_finder.diverge_th, "lr_finder.diverge_th") > 1.0:
+        raise ConfigError(f"lr_finder.diverge_th={lr_finder.diverge_th} must be above 1 (a multiple of the best loss)")
+    val = _val_source(lr_finder)
     if val not in VAL_SOURCES:
-        raise ConfigError(f"lr_finder.val={lcfg.val!r} must be one of {', '.join(VAL_SOURCES)}")
+        raise ConfigError(f"lr_finder.val={lr_finder.val!r} must be one of {', '.join(VAL_SOURCES)}")
     if val == "val" and not cfg.data.val_split:
         raise ConfigError("lr_finder.val=val needs a held-out split (set data.val_split=N)")
-    _integer(lcfg.val_subset, "lr_finder.val_subset", 1, optional=True)
+    _integer(lr_finder.val_subset, "lr_finder.val_subset", 1, optional=True)
 
 
-def _val_source(lcfg: DictConfig) -> str:
-    return "none" if lcfg.val is None or lcfg.val is False else str(lcfg.val)
+def _val_source(lr_finder: DictConfig) -> str:
+    return "none" if lr_finder.val is None or lr_finder.val is False else str(lr_finder.val)
 
 
 # -- one range test ---------------------------------------------------------------------------------
@@ -211,7 +203,7 @@ def range_test(
     criterion,
     train_loader: DeviceLoader,
     val_loader: DeviceLoader | None,
-    lcfg: DictConfig,
+    lr_finder: DictConfig,
     *,
     device: torch.device,
     precision: str = "fp32",
@@ -229,22 +221,22 @@ def range_test(
             finder.range_test(
                 DeviceTrainIter(train_loader),
                 val_loader=DeviceValIter(val_loader) if val_loader is not None else None,
-                start_lr=float(lcfg.start_lr),
-                end_lr=float(lcfg.end_lr),
-                num_iter=int(lcfg.num_iter),
-                step_mode=lcfg.step_mode,
-                smooth_f=float(lcfg.smooth_f),
-                diverge_th=float(lcfg.diverge_th),
+                start_lr=float(lr_finder.start_lr),
+                end_lr=float(lr_finder.end_lr),
+                num_iter=int(lr_finder.num_iter),
+                step_mode=lr_finder.step_mode,
+                smooth_f=float(lr_finder.smooth_f),
+                diverge_th=float(lr_finder.diverge_th),
             )
         raw = finder.history
         finder.history = history = _finite_prefix(raw)
-        steps, need = len(history["lr"]), min_steps(lcfg)
-        log_lr = lcfg.step_mode == "exp"
+        steps, need = len(history["lr"]), min_steps(lr_finder)
+        log_lr = lr_finder.step_mode == "exp"
         if steps < need:
             at = f" at lr {raw['lr'][len(raw['lr']) - 1]:.3g}" if raw["lr"] else ""
             why = "became NaN" if len(raw["loss"]) > steps else "diverged"
             message = (
-                f"the loss {why}{at} after {steps} of {lcfg.num_iter} steps, too early for a suggestion "
+                f"the loss {why}{at} after {steps} of {lr_finder.num_iter} steps, too early for a suggestion "
                 f"(it needs {need}): lower lr_finder.end_lr or raise lr_finder.diverge_th"
             )
             if ax is not None and steps:
@@ -258,7 +250,11 @@ def range_test(
             plt.close(fig)
         with _library_output(progress):
             _, suggestion = finder.plot(
-                skip_start=int(lcfg.skip_start), skip_end=int(lcfg.skip_end), log_lr=log_lr, ax=ax, suggest_lr=True
+                skip_start=int(lr_finder.skip_start),
+                skip_end=int(lr_finder.skip_end),
+                log_lr=log_lr,
+                ax=ax,
+                suggest_lr=True,
             )
         return history, float(suggestion), None
     finally:
@@ -274,14 +270,10 @@ def at_window_edge(lrs: list[float], suggestion: float | None, skip_start: int, 
 
 # -- formatting and the sweep command ------------------------------------------------------------------
 def format_lr(value: float) -> str:
-    """3 significant digits in the seed's style: 0.01 -> 1e-2, 0.009326 -> 9.33e-3."""
+    """3 significant digits in the baseline's style: 0.01 -> 1e-2, 0.009326 -> 9.33e-3."""
     mantissa, exponent = f"{value:.2e}".split("e")
     mantissa = mantissa.rstrip("0").rstrip(".")
     return f"{mantissa}e{int(exponent)}"
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def sweep_command(values: list[str], overrides: list[str]) -> str:
@@ -292,31 +284,21 @@ def sweep_command(values: list[str], overrides: list[str]) -> str:
     so on are kept, since the suggestion is only valid for them.
     """
 
-    def dropped(key: str) -> bool:
-        return key.startswith("lr_finder") or key == "optimizer.lr" or key.startswith(ENVIRONMENT_KEYS)
-
-    keep = [o for o in overrides if not dropped(_key(o))]
+    keep = [o for o in job.experiment_overrides(overrides, drop=("lr_finder",)) if job.key_of(o) != "optimizer.lr"]
     return " ".join(["python train.py -m", *(shlex.quote(o) for o in keep), "optimizer.lr=" + ",".join(values)])
 
 
 # -- the command ---------------------------------------------------------------------------------------
 def _loaders(cfg: DictConfig, data, device: torch.device, seed: int):
     """The train loader as train.py builds it, and the loader of the validation source (or None)."""
-    train = build_loaders(cfg, data, device, seed)[0]
+    train = build.build_loaders(cfg, data, device, seed)[0]
     source, subset = _val_source(cfg.lr_finder), cfg.lr_finder.val_subset
     if source == "none":
         return train, None
     split = data.test if source == "test" else data.val
     if subset and subset < len(split):
         split = Split(split.images[:subset], split.labels[:subset])
-    return train, DeviceLoader(
-        split,
-        cfg.trainer.eval_batch_size,
-        device,
-        cfg.data.mean,
-        cfg.data.std,
-        channels_last=channels_last_of(cfg, device),
-    )
+    return train, build.eval_loader(cfg, split, device)
 
 
 def _write_history(result: RunResult, path: Path) -> None:
@@ -326,12 +308,6 @@ def _write_history(result: RunResult, path: Path) -> None:
         writer.writerows((i, repr(lr), repr(loss)) for i, (lr, loss) in enumerate(zip(result.lrs, result.losses)))
 
 
-def _output_dir() -> Path:
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path(tempfile.mkdtemp(prefix="lr_finder-"))
-
-
 def find(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     """Run ``lr_finder.runs`` range tests, write and log their results; return the suggestions file's content.
 
@@ -339,61 +315,63 @@ def find(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     run could suggest an lr.
     """
     validate(cfg)
-    lcfg, t = cfg.lr_finder, cfg.trainer
-    device = resolve_device(t.device)
-    data = load_data(cfg)
+    lr_finder, trainer = cfg.lr_finder, cfg.trainer
+    device = build.device_of(cfg)
+    data = build.load_data(cfg)
     settings = dict(
         device=device,
-        precision=precision_of(cfg, device),
-        progress=sys.stderr.isatty() if t.progress is None else bool(t.progress),
+        precision=build.precision_of(cfg, device),
+        progress=sys.stderr.isatty() if trainer.progress is None else bool(trainer.progress),
     )
-    out_dir = Path(out_dir) if out_dir else _output_dir()
+    out_dir = Path(out_dir or job.output_dir() or tempfile.mkdtemp(prefix="lr_finder-"))
     out_dir.mkdir(parents=True, exist_ok=True)
+    train_loader, val_loader = _loaders(cfg, data, device, int(lr_finder.seed))
     experiment_id = tracking.setup(cfg.tracking)
-    train_loader, val_loader = _loaders(cfg, data, device, int(lcfg.seed))
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=float(t.label_smoothing))
-    overrides = hydra_overrides()
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=float(trainer.label_smoothing))
+    overrides = job.overrides()
     tags = {**tracking.tags_for(cfg, overrides, None, tracking.git_state()), "sweeplab.task": "lr_finder"}
-    run_name = "lr_finder " + (" ".join(o for o in overrides if not _key(o).startswith(ENVIRONMENT_KEYS)) or "defaults")
-    val_desc = "training batch" if val_loader is None else f"{len(val_loader.labels)} {_val_source(lcfg)} images"
+    val_desc = "training batch" if val_loader is None else f"{len(val_loader.labels)} {_val_source(lr_finder)} images"
     log.info(
-        f"LR range test: {lcfg.runs} run(s), lr {lcfg.start_lr:g} .. {lcfg.end_lr:g} in {lcfg.num_iter} "
-        f"{lcfg.step_mode} steps on {device}, loss of the {val_desc} after each step"
+        f"LR range test: {lr_finder.runs} run(s), lr {lr_finder.start_lr:g} .. {lr_finder.end_lr:g} in "
+        f"{lr_finder.num_iter} {lr_finder.step_mode} steps on {device}, loss of the {val_desc} after each step"
     )
 
     results: list[RunResult] = []
-    with tracking.active_run(experiment_id, run_name[:250], tags=tags) as run:
+    with tracking.run(experiment_id, "lr_finder " + job.run_name(overrides), tags=tags) as run_id:
         tracking.log_params(tracking.flatten(cfg))
-        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
-        mlflow.log_text("\n".join(overrides) + "\n", "config/overrides.txt")
-        for i in range(lcfg.runs):
-            seed = int(lcfg.seed) + i
-            seed_everything(seed, t.deterministic)
-            model, optimizer = build_model(cfg, device)  # never the objects a training run uses
+        tracking.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
+        tracking.log_text("\n".join(overrides) + "\n", "config/overrides.txt")
+        for i in range(lr_finder.runs):
+            seed = int(lr_finder.seed) + i
+            seed_everything(seed, trainer.deterministic)
+            model = build.build_model(cfg, device)  # never the objects a training run uses
+            optimizer = build.build_optimizer(cfg, model)
             train_loader.seed = seed
-            result = _one_run(i, seed, model, optimizer, criterion, train_loader, val_loader, lcfg, out_dir, **settings)
+            result = _one_run(
+                i, seed, model, optimizer, criterion, train_loader, val_loader, lr_finder, out_dir, **settings
+            )
             del model, optimizer
-            _log_run(result, lcfg, run.info.run_id)
+            _log_run(result, lr_finder, run_id)
             results.append(result)
 
         values = list(dict.fromkeys(format_lr(r.suggestion) for r in results if r.suggestion is not None))
         command = sweep_command(values, overrides) if values else None
         summary = _summary(cfg, results, values, command, out_dir)
         _write_outputs(cfg, results, summary, out_dir)
-        for name in [
+        names = [
             "suggestions.yaml",
             "history.json",
             "lr_finder_summary.png",
             *(p.name for r in results for p in r.files.values()),
-        ]:
-            mlflow.log_artifact(str(out_dir / name), "lr_finder")
+        ]
+        tracking.log_files([out_dir / name for name in names], "lr_finder")
         if not values:
             raise NoSuggestionError(f"no suggestion from {len(results)} run(s): {results[0].message}")
-        mlflow.log_param("suggested_lrs", ",".join(values))
-        mlflow.set_tag("sweeplab.next_command", command)
+        tracking.log_params({"suggested_lrs": ",".join(values)})
+        tracking.set_tags({"sweeplab.next_command": command})
     log.info(
         f"suggestions {', '.join(values)} written to {out_dir / 'suggestions.yaml'}; "
-        f"MLflow run {run.info.run_id} (experiment {cfg.tracking.experiment}). Sweep them with:"
+        f"MLflow run {run_id} (experiment {cfg.tracking.experiment}). Sweep them with:"
     )
     return summary
 
@@ -406,7 +384,7 @@ def _one_run(
     criterion,
     train_loader,
     val_loader,
-    lcfg: DictConfig,
+    lr_finder: DictConfig,
     out_dir: Path,
     **settings,
 ) -> RunResult:
@@ -414,7 +392,7 @@ def _one_run(
     fig = plots.lr_finder_run_figure()
     started = time.perf_counter()
     history, suggestion, message = range_test(
-        model, optimizer, criterion, train_loader, val_loader, lcfg, ax=fig.axes[0], **settings
+        model, optimizer, criterion, train_loader, val_loader, lr_finder, ax=fig.axes[0], **settings
     )
     seconds = time.perf_counter() - started
     result = RunResult(
@@ -424,9 +402,9 @@ def _one_run(
         history["loss"],
         suggestion,
         seconds,
-        stopped_early=len(history["lr"]) < lcfg.num_iter,
+        stopped_early=len(history["lr"]) < lr_finder.num_iter,
         message=message,
-        at_edge=at_window_edge(history["lr"], suggestion, lcfg.skip_start, lcfg.skip_end),
+        at_edge=at_window_edge(history["lr"], suggestion, lr_finder.skip_start, lr_finder.skip_end),
     )
     verdict = f"suggested lr {format_lr(suggestion)}" if suggestion is not None else "no suggestion"
     title = f"run {i} (seed {seed}): {verdict}"
@@ -437,18 +415,11 @@ def _one_run(
     return result
 
 
-def _log_run(r: RunResult, lcfg: DictConfig, run_id: str) -> None:
+def _log_run(r: RunResult, lr_finder: DictConfig, run_id: str) -> None:
     """Console lines and MLflow metrics of one range test (its loss curve as run<i>_loss, step = iteration)."""
-    now = int(time.time() * 1000)
-    metrics = [Metric(f"run{r.index}_loss", v, now, s) for s, v in enumerate(r.losses)]
-    metrics.append(Metric(f"run{r.index}_seconds", r.seconds, now, 0))
-    if r.suggestion is not None:
-        metrics += [
-            Metric(f"run{r.index}_suggested_lr", r.suggestion, now, 0),
-            Metric("suggested_lr", r.suggestion, now, r.index),
-        ]
-    for k in range(0, len(metrics), 1000):  # MLflow's batch limit
-        MlflowClient().log_batch(run_id, metrics=metrics[k : k + 1000])
+    tracking.log_series(f"run{r.index}_loss", r.losses, run_id)
+    tracking.log_metrics({f"run{r.index}_seconds": r.seconds, f"run{r.index}_suggested_lr": r.suggestion}, 0, run_id)
+    tracking.log_metrics({"suggested_lr": r.suggestion}, r.index, run_id)
     name = f"run {r.index} (seed {r.seed})"
     if r.message:
         log.warning(f"{name}: {r.message}")
@@ -461,14 +432,14 @@ def _log_run(r: RunResult, lcfg: DictConfig, run_id: str) -> None:
     if r.at_edge:
         log.warning(
             f"{name}: the suggestion is at the edge of the window the rule looks at (steps "
-            f"{lcfg.skip_start}..{len(r.lrs) - lcfg.skip_end - 1}): the loss did not fall inside the range; "
+            f"{lr_finder.skip_start}..{len(r.lrs) - lr_finder.skip_end - 1}): the loss did not fall inside the range; "
             f"try more steps (lr_finder.num_iter), a lower lr_finder.start_lr or lr_finder.val=none"
         )
 
 
 def _write_outputs(cfg: DictConfig, results: list[RunResult], summary: dict, out_dir: Path) -> None:
     """suggestions.yaml, history.json (every run) and the summary figure."""
-    lcfg = cfg.lr_finder
+    lr_finder = cfg.lr_finder
     with open(out_dir / "suggestions.yaml", "w") as f:
         f.write("# LR range test suggestions (find_lr.py). Sweep them with:\n")
         f.write(f"#   {summary['command']}\n" if summary["command"] else "#   (none: no run gave a suggestion)\n")
@@ -487,16 +458,16 @@ def _write_outputs(cfg: DictConfig, results: list[RunResult], summary: dict, out
     name = f"{cfg.model._target_.rsplit('.', 1)[-1]}, {cfg.optimizer._target_.rsplit('.', 1)[-1]}"
     fig = plots.lr_finder_summary_figure(
         curves,
-        log_lr=lcfg.step_mode == "exp",
-        skip_start=lcfg.skip_start,
-        skip_end=lcfg.skip_end,
+        log_lr=lr_finder.step_mode == "exp",
+        skip_start=lr_finder.skip_start,
+        skip_end=lr_finder.skip_end,
         title=f"LR range test: {name}",
     )
     plots.save(fig, out_dir / "lr_finder_summary.png")
 
 
 def _summary(cfg: DictConfig, results: list[RunResult], values: list[str], command: str | None, out_dir: Path) -> dict:
-    lcfg = cfg.lr_finder
+    lr_finder = cfg.lr_finder
     return {
         "command": command,
         "override": f"optimizer.lr={','.join(values)}" if values else None,
@@ -516,22 +487,15 @@ def _summary(cfg: DictConfig, results: list[RunResult], values: list[str], comma
             }
             for r in results
         ],
-        "range_test": OmegaConf.to_container(lcfg, resolve=True),
+        "range_test": OmegaConf.to_container(lr_finder, resolve=True),
         "model": cfg.model._target_,
         "optimizer": cfg.optimizer._target_,
         "output_dir": str(out_dir),
     }
 
 
-def main(cfg: DictConfig) -> dict | None:
-    """The task function behind find_lr.py: one-line errors; the last line printed is the sweep command."""
-    try:
-        summary = find(cfg)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except NoSuggestionError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+def run(cfg: DictConfig) -> dict:
+    """The task behind find_lr.py: the range tests, then the sweep command as the last line printed."""
+    summary = find(cfg)
     print(summary["command"], flush=True)
     return summary

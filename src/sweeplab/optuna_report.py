@@ -19,14 +19,11 @@ import math
 import os
 from pathlib import Path
 
-import mlflow
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab import tracking
-from sweeplab.run import SWEEP_ENV, SWEPT_ENV
+from sweeplab import job, tracking
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +39,7 @@ class TrialFailed(RuntimeError):
 class OptunaReport(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         searched = list((config.hydra.sweeper.get("params") or {}).keys())
-        swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k]
-        os.environ[SWEPT_ENV] = ",".join(dict.fromkeys(swept + searched))
+        os.environ[job.SWEPT_ENV] = ",".join(dict.fromkeys(job.swept_keys() + searched))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
         value = job_return._return_value
@@ -57,7 +53,7 @@ class OptunaReport(Callback):
             log.warning(f"no {path}: the study ended without a result")
             return
         results = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        sweep_id = os.environ.get(SWEEP_ENV)
+        sweep_id = job.sweep_id()
         best_run = None
         try:
             best_run = log_study(config, results, path, sweep_id)
@@ -81,18 +77,18 @@ def log_study(config: DictConfig, results: dict, results_path: Path, sweep_id: s
     experiment_id = tracking.setup(config.tracking)
     runs = tracking.sweep_runs(experiment_id, sweep_id) if sweep_id else []
     objective = str(config.objective)
-    scored = [r for r in runs if r.info.status == "FINISHED" and objective in r.data.metrics]
+    scored = [r for r in runs if r.status == "FINISHED" and objective in r.metrics]
     best = None
     if scored and "best_params" in results:
         pick = max if _direction(config) == "max" else min
-        best = pick(scored, key=lambda r: r.data.metrics[objective])
-        MlflowClient().set_tag(best.info.run_id, BEST_TAG, "true")
+        best = pick(scored, key=lambda r: r.metrics[objective])
+        tracking.set_tags({BEST_TAG: "true"}, best.run_id)
 
-    searched = list((config.hydra.sweeper.get("params") or {}).keys())
-    table = ["run_id,status," + ",".join(searched) + f",{objective}"]
+    space = config.hydra.sweeper.get("params") or {}
+    table = ["run_id,status," + ",".join(space) + f",{objective}"]
     for r in runs:
-        values = [r.data.params.get(k, "") for k in searched]
-        table.append(",".join([r.info.run_id, r.info.status, *values, str(r.data.metrics.get(objective, ""))]))
+        values = [r.params.get(k, "") for k in space]
+        table.append(",".join([r.run_id, r.status, *values, str(r.metrics.get(objective, ""))]))
 
     tags = {
         STUDY_TAG: sweep_id or "",
@@ -100,21 +96,18 @@ def log_study(config: DictConfig, results: dict, results_path: Path, sweep_id: s
         "sweeplab.optuna.direction": _direction(config),
     }
     if best is not None:
-        tags["sweeplab.optuna.best_run"] = best.info.run_id
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"optuna {sweep_id or ''}".strip(), tags=tags):
-        params = {f"best.{k}": str(v) for k, v in results.get("best_params", {}).items()}
-        params.update(
+        tags["sweeplab.optuna.best_run"] = best.run_id
+    with tracking.run(experiment_id, f"optuna {sweep_id or ''}".strip(), tags=tags):
+        params = {f"best.{k}": v for k, v in results.get("best_params", {}).items()}
+        params["n_trials"] = len(runs)
+        params["search_space"] = "; ".join(f"{k}: {v}" for k, v in space.items())
+        tracking.log_params(params)
+        tracking.log_metrics(
             {
-                "n_trials": str(len(runs)),
-                "search_space": "; ".join(f"{k}: {v}" for k, v in (config.hydra.sweeper.get("params") or {}).items())[
-                    :6000
-                ],
+                "optuna.best_value": results.get("best_value"),
+                "optuna.finished_trials": sum(r.status == "FINISHED" for r in runs),
             }
         )
-        mlflow.log_params(params)
-        if "best_value" in results:
-            mlflow.log_metric("optuna.best_value", float(results["best_value"]))
-        mlflow.log_metric("optuna.finished_trials", float(sum(r.info.status == "FINISHED" for r in runs)))
-        mlflow.log_artifact(str(results_path), "optuna")
-        mlflow.log_text("\n".join(table) + "\n", "optuna/trials.csv")
-    return best.info.run_id if best is not None else None
+        tracking.log_files([results_path], "optuna")
+        tracking.log_text("\n".join(table) + "\n", "optuna/trials.csv")
+    return best.run_id if best is not None else None

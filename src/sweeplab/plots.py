@@ -20,7 +20,7 @@ CURVES = (
 
 
 def curves_figure(histories: dict[str, list[dict]], title: str | None = None) -> Figure:
-    """The seed's 2x2 figure: test acc/loss, train acc/loss per epoch, one line per run."""
+    """The baseline's 2x2 figure: test acc/loss, train acc/loss per epoch, one line per run."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     for ax, (key, name) in zip(axes.flat, CURVES):
         for label, history in histories.items():

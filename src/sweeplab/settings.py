@@ -8,9 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-
-class ConfigError(ValueError):
-    """A mistake in the user's input: reported as one line, before any work starts."""
+from sweeplab.errors import ConfigError
 
 
 def repo_root() -> Path:
@@ -63,18 +61,18 @@ def validate(cfg: DictConfig) -> None:
         OmegaConf.resolve(OmegaConf.create(OmegaConf.to_container(cfg, resolve=False)))
     except Exception as err:  # a broken interpolation or a missing mandatory value
         raise ConfigError(f"the config does not resolve: {err}".splitlines()[0]) from None
-    t, d = cfg.trainer, cfg.data
-    _positive_int(t.epochs, "trainer.epochs")
-    _positive_int(t.batch_size, "trainer.batch_size")
-    _positive_int(t.eval_batch_size, "trainer.eval_batch_size")
-    _positive_int(t.checkpoint_every, "trainer.checkpoint_every", minimum=0)
-    _positive_int(d.train_limit, "data.train_limit", optional=True)
-    _positive_int(d.test_limit, "data.test_limit", optional=True)
-    _positive_int(d.val_split, "data.val_split", minimum=0)
-    if t.precision not in PRECISIONS:
-        raise ConfigError(f"trainer.precision={t.precision!r} must be one of {', '.join(PRECISIONS)}")
-    if not 0.0 <= float(t.label_smoothing) < 1.0:
-        raise ConfigError(f"trainer.label_smoothing={t.label_smoothing} must lie in [0, 1)")
+    trainer, data = cfg.trainer, cfg.data
+    _positive_int(trainer.epochs, "trainer.epochs")
+    _positive_int(trainer.batch_size, "trainer.batch_size")
+    _positive_int(trainer.eval_batch_size, "trainer.eval_batch_size")
+    _positive_int(trainer.checkpoint_every, "trainer.checkpoint_every", minimum=0)
+    _positive_int(data.train_limit, "data.train_limit", optional=True)
+    _positive_int(data.test_limit, "data.test_limit", optional=True)
+    _positive_int(data.val_split, "data.val_split", minimum=0)
+    if trainer.precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={trainer.precision!r} must be one of {', '.join(PRECISIONS)}")
+    if not 0.0 <= float(trainer.label_smoothing) < 1.0:
+        raise ConfigError(f"trainer.label_smoothing={trainer.label_smoothing} must lie in [0, 1)")
     if not 0.0 < float(cfg.target_acc) <= 1.0:
         raise ConfigError(f"target_acc={cfg.target_acc} must lie in (0, 1] (a fraction, e.g. 0.88)")
     lr = cfg.optimizer.get("lr")
@@ -86,7 +84,7 @@ def validate(cfg: DictConfig) -> None:
         monitor = cfg.scheduler.get("monitor")
         if monitor is not None and monitor not in METRICS:
             raise ConfigError(f"scheduler.monitor={monitor!r} must be one of {', '.join(METRICS)}")
-        if monitor and monitor.startswith("val_") and not d.val_split:
+        if monitor and monitor.startswith("val_") and not data.val_split:
             raise ConfigError(f"scheduler.monitor={monitor} needs a validation split (set data.val_split=N)")
     if cfg.objective not in METRICS + ("best_test_acc", "best_val_acc"):
         raise ConfigError(f"objective={cfg.objective!r} is not a metric this project records")
@@ -94,6 +92,6 @@ def validate(cfg: DictConfig) -> None:
     _positive_int(aug.crop_padding, "augmentation.crop_padding", minimum=0)
     if aug.pad_mode not in ("zeros", "reflect"):
         raise ConfigError(f"augmentation.pad_mode={aug.pad_mode!r} must be zeros or reflect")
-    if len(d.mean) != 3 or len(d.std) != 3 or min(d.std) <= 0:
+    if len(data.mean) != 3 or len(data.std) != 3 or min(data.std) <= 0:
         raise ConfigError("data.mean and data.std must be three numbers each, std > 0")
-    resolve_device(t.device)
+    resolve_device(trainer.device)

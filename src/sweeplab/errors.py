@@ -1,0 +1,80 @@
+"""The one error policy, used by every entry point (train.py, find_lr.py, explain.py, the report command)
+and by the sweep callback:
+
+- a user mistake (``ConfigError``) is one line on stderr and exit code 2, before any work;
+- a run that failed (``RunFailed``: a NaN loss, no suggestion, ...) is one line and exit code 1;
+- an interrupt (Ctrl-C) is one line and exit code 130;
+- anything else is a bug and keeps its traceback.
+
+In a multirun a failed job does not stop the sweep: its error is logged, a ``FAILED`` file is left in
+its job folder (also when it failed before its MLflow run existed), and the job returns NaN; the
+sweep callback turns failed jobs into the command's exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+log = logging.getLogger(__name__)
+
+FAILED_MARKER = "FAILED"  # written into a failed multirun job's folder
+
+
+class ConfigError(ValueError):
+    """A mistake in the user's input: reported as one line, before any work starts (exit code 2)."""
+
+
+class RunFailed(RuntimeError):
+    """The run itself failed (e.g. the loss became NaN): reported as one line (exit code 1)."""
+
+
+def exit_code(err: BaseException) -> int:
+    return 2 if isinstance(err, ConfigError) else 130 if isinstance(err, KeyboardInterrupt) else 1
+
+
+def message(err: BaseException) -> str:
+    """The one line a user sees."""
+    if isinstance(err, KeyboardInterrupt):
+        hint = getattr(err, "hint", None)
+        return "interrupted" + (f": {hint}" if hint else "")
+    return f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+
+
+def fail(err: BaseException) -> NoReturn:
+    """Print the one line for ``err`` on stderr and exit with its code."""
+    print(message(err), file=sys.stderr, flush=True)
+    sys.exit(exit_code(err))
+
+
+def _multirun_job_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().runtime.output_dir)
+    return None
+
+
+def run_task(task, cfg):
+    """Call ``task(cfg)`` under the policy above; return what it returns (NaN for a failed multirun job)."""
+    try:
+        return task(cfg)
+    except KeyboardInterrupt as err:
+        fail(err)  # a sweep stops too: the user asked it to
+    except Exception as err:
+        expected = isinstance(err, (ConfigError, RunFailed))
+        job_dir = _multirun_job_dir()
+        if job_dir is None:
+            if expected:
+                fail(err)
+            raise
+        if expected:
+            log.error(f"job failed: {message(err).removeprefix('error: ')}")
+        else:
+            log.exception("job failed")
+        (job_dir / FAILED_MARKER).write_text(f"{type(err).__name__}: {err}\n")
+        return math.nan
