@@ -17,6 +17,7 @@ from sweeplab.errors import ConfigError
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 NPZ_ENV = "SWEEPLAB_CIFAR10_NPZ"
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"  # what torchvision downloads
 
 
 class DataError(ConfigError):
@@ -47,6 +48,8 @@ class Dataset:
     test: Split
     val: Split | None
     classes: tuple[str, ...]
+    name: str = "cifar10"
+    source: str = ""  # where it was read from: a file path or a download URL (MLflow's dataset source)
 
 
 def _split(images: np.ndarray, labels, limit: int | None) -> Split:
@@ -114,8 +117,10 @@ def load_dataset(
     ``val_split`` holds out the last N training images (after ``train_limit``) as a validation split.
     """
     if npz:
+        source = str(Path(npz).expanduser().resolve())
         arrays, classes = _read_npz(Path(npz).expanduser())
     else:
+        source = CIFAR10_URL
         arrays, classes = _read_torchvision(Path(root).expanduser(), download)
     train = _split(arrays["train_images"], arrays["train_labels"], train_limit)
     test = _split(arrays["test_images"], arrays["test_labels"], test_limit)
@@ -125,7 +130,7 @@ def load_dataset(
             raise DataError(f"data.val_split={val_split} leaves no training images out of {len(train)}")
         cut = len(train) - val_split
         train, val = Split(train.images[:cut], train.labels[:cut]), Split(train.images[cut:], train.labels[cut:])
-    return Dataset(train, test, val, classes)
+    return Dataset(train, test, val, classes, source=source)
 
 
 @dataclass
