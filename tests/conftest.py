@@ -1,17 +1,22 @@
-"""Shared fixtures: a tiny learnable data set in the cifar10.npz layout, a private MLflow store,
-and a runner for the real entry points as subprocesses."""
+"""Shared fixtures: a tiny learnable data set in the cifar10.npz layout, private MLflow stores (copied
+from one migrated template), and a runner for the real entry points as subprocesses (apps.py runs
+them in this process)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -46,23 +51,19 @@ def write_npz(path: Path, n_train: int = 500, n_test: int = 200, seed: int = 0) 
     return path
 
 
-# pytest-xdist (``-n logical`` in pyproject.toml) runs each group on one worker: a file's tests stay
-# together, so its module fixtures run once, and the files sharing tiny_sweeps' sweep are one group.
-SHARED_SWEEP_FILES = {"test_train.py", "test_report.py", "test_browser.py"}
+# Property-based tests: a few dozen examples each by default (CI); HYPOTHESIS_PROFILE=thorough for a
+# thousand (minutes), e.g. before a release or after changing a config group.
+settings.register_profile("ci", max_examples=30, deadline=None)
+settings.register_profile("thorough", max_examples=1000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_configure(config):
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        import torch
+    import torch
 
-        torch.set_num_threads(1)  # a core per worker: two workers' in-process tests must not thrash
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(items):
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("shared_sweep" if name in SHARED_SWEEP_FILES else name))
+    # One thread, as in the entry points tests start (OMP_NUM_THREADS=1): runs in this process and in
+    # subprocesses compute the same numbers, and two xdist workers do not thrash two cores.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -77,26 +78,74 @@ def tiny_npz(tmp_path_factory) -> Path:
     return write_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
 
 
+_shared: list[Path] = []  # the session's folder that every xdist worker sees (set by shared_root below)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_root(tmp_path_factory) -> Path:
+    """A folder of this test session that every xdist worker sees (each worker's base temp is one level
+    below it): for what the session computes once, whichever worker needs it first (under a file lock)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+    root.mkdir(exist_ok=True)
+    _shared[:] = [root]
+    return root
+
+
+def session_folder() -> Path:
+    return _shared[0]
+
+
+@contextmanager
+def locked(path: Path):
+    """An exclusive lock on ``path`` (a lock file), across the session's processes."""
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def new_store(folder: Path) -> Path:
+    """``folder`` holding an MLflow SQLite store; a new one is empty and migrated to the current schema, a copy of one
+    template per test session (MLflow takes seconds to create and migrate a store; a copy, milliseconds)."""
+    template = _shared[0] / "store-template" / "mlflow.db"
+    with locked(_shared[0] / "store-template.lock"):
+        if not template.exists():
+            from mlflow.tracking import MlflowClient
+
+            building = template.with_name("building.db")
+            MlflowClient(tracking_uri=f"sqlite:///{building}").search_experiments()  # creates the tables
+            building.rename(template)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "mlflow.db").exists():  # an existing store is kept as it is
+        shutil.copyfile(template, folder / "mlflow.db")
+    return folder
+
+
+def where(tmp: Path, npz: Path) -> list[str]:
+    """Overrides that keep a run's store (a fresh copy), outputs and checkpoints inside ``tmp``."""
+    new_store(tmp / "mlruns")
+    return [
+        f"tracking.store_dir={tmp / 'mlruns'}",
+        f"paths.log_dir={tmp / 'outputs'}",
+        f"paths.checkpoint_dir={tmp / 'checkpoints'}",
+        f"data.npz={npz}",
+    ]
+
+
 @pytest.fixture
 def workdir(tmp_path, tiny_npz) -> dict:
     """Overrides that keep a run's store, outputs and checkpoints inside the test's temp folder."""
-    return {
-        "tmp": tmp_path,
-        "store": tmp_path / "mlruns",
-        "overrides": [
-            f"tracking.store_dir={tmp_path / 'mlruns'}",
-            f"paths.log_dir={tmp_path / 'outputs'}",
-            f"paths.checkpoint_dir={tmp_path / 'checkpoints'}",
-            f"data.npz={tiny_npz}",
-        ],
-    }
+    return {"tmp": tmp_path, "store": tmp_path / "mlruns", "overrides": where(tmp_path, tiny_npz)}
 
 
 def entry_env(**extra: str) -> dict:
     """The environment for an entry point: no inherited store or data, one thread per process
     (tiny models gain nothing from more, and parallel jobs must not oversubscribe 2 cores)."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "SWEEPLAB_CIFAR10_NPZ")}
-    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "tests"), **extra)
     return env
 
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from conftest import TINY, run_entry
 
 
+@pytest.mark.slow
 def test_benchmark_prints_each_comparison_and_each_recipe(tiny_npz):
     done = run_entry(
         "benchmarks/bench.py",

@@ -11,14 +11,14 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.parse
 import urllib.request
 
 import pytest
 
 from conftest import free_port, stop_process_group
-from tiny_sweeps import two_run_sweep
+from sweeps import two_run_sweep
 
+pytestmark = pytest.mark.slow
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
@@ -47,12 +47,12 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def ui(browser, tmp_path_factory, tiny_npz):
+def ui(browser, tiny_npz):
     """`mlflow ui` on a free port over the sweep's store; stopped (its whole process group) at the end."""
-    sweep = two_run_sweep(tmp_path_factory, tiny_npz)
+    sweep = two_run_sweep(tiny_npz)
     assert sweep["result"].returncode == 0, sweep["result"].stderr[-3000:]
     port = free_port()
-    log = open(sweep["tmp"] / "mlflow-ui.log", "w")
+    log = open(sweep["tmp"] / f"mlflow-ui-{port}.log", "w")
     server = subprocess.Popen(
         [
             sys.executable,
@@ -80,7 +80,9 @@ def ui(browser, tmp_path_factory, tiny_npz):
                         break
             except OSError:
                 pass
-            assert server.poll() is None, "mlflow ui exited: " + (sweep["tmp"] / "mlflow-ui.log").read_text()[-2000:]
+            assert server.poll() is None, (
+                "mlflow ui exited: " + (sweep["tmp"] / f"mlflow-ui-{port}.log").read_text()[-2000:]
+            )
             assert time.monotonic() < deadline, "mlflow ui did not answer /health within 240 s"
             time.sleep(0.5)
         yield {"url": url, **sweep}
@@ -115,27 +117,29 @@ def render(browser: str, url: str, screenshot, profile) -> str:
     return result.stdout
 
 
-def test_runs_page_shows_both_runs(ui, browser, tmp_path):
+def test_the_sweep_is_one_parent_row_with_its_jobs_as_children(ui, browser, tmp_path):
     exp, client = ui["experiment"].experiment_id, ui["client"]
-    sweep_id = client.search_runs([exp], "tags.`sweeplab.sweep` LIKE '%'")[0].data.tags["sweeplab.sweep"]
+    (parent,) = client.search_runs([exp], "tags.`sweeplab.kind` = 'sweep'")
     shot = tmp_path / "runs.png"
     text = visible_text(render(browser, f"{ui['url']}/#/experiments/{exp}/runs", shot, tmp_path / "profile"))
     print(f"screenshot: {shot}")
-    assert "| 3 | matching runs |" in text, text[-1500:]  # the two jobs and the sweep's report run
-    for name in ("optimizer.lr=0.05", "optimizer.lr=0.02", f"report {sweep_id}"):
-        assert f"| {name} |" in text, text[-1500:]
-    # The README's filter narrows the page to the sweep's jobs.
-    query = urllib.parse.quote(f"tags.`sweeplab.sweep` = '{sweep_id}'")
-    text = visible_text(
-        render(
-            browser,
-            f"{ui['url']}/#/experiments/{exp}/runs?searchFilter={query}",
-            tmp_path / "filtered.png",
-            tmp_path / "profile",
-        )
-    )
-    assert "| 2 | matching runs |" in text and f"report {sweep_id}" not in text, text[-1500:]
+    assert "| 3 | matching runs |" in text, text[-1500:]  # the parent and its two jobs ...
+    assert "| sweep optimizer.lr=0.05,0.02 |" in text, text[-1500:]
+    assert "| optimizer.lr=0.05 |" not in text, text[-1500:]  # ... folded under its row
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    # The parent's page lists its children and shows the comparison table as its description.
+    page = f"{ui['url']}/#/experiments/{exp}/runs/{parent.info.run_id}"
+    text = visible_text(render(browser, page, tmp_path / "parent.png", tmp_path / "profile"))
+    assert re.search(r"\| Child runs \| optimizer\.lr=0\.0[25] \| , \| optimizer\.lr=0\.0[25] \|", text), text[-3000:]
+    assert "| sweep.best_value |" in text and "Best: | optimizer.lr=" in text, text[-3000:]
+
+
+def test_the_registered_model_page_shows_the_best_alias(ui, browser, tmp_path):
+    text = visible_text(
+        render(browser, f"{ui['url']}/#/models/cifar10-resnet18", tmp_path / "model.png", tmp_path / "profile")
+    )
+    assert "| Registered Models | cifar10-resnet18 |" in text, text[-1500:]
+    assert re.search(r"\| Version 1 \|.*@\W*best \|", text), text[-1500:]  # version 1 holds the alias
 
 
 def test_compare_page_shows_the_lr_values(ui, browser, tmp_path):
@@ -143,7 +147,7 @@ def test_compare_page_shows_the_lr_values(ui, browser, tmp_path):
     from sweeplab.compare import compare_link
 
     client, exp = ui["client"], ui["experiment"].experiment_id
-    runs = client.search_runs([exp], "tags.`sweeplab.sweep` LIKE '%'", order_by=["attributes.start_time ASC"])
+    runs = client.search_runs([exp], "tags.`mlflow.parentRunId` LIKE '%'", order_by=["attributes.start_time ASC"])
     rows = [{"run_id": r.info.run_id} for r in runs]
     shot = tmp_path / "compare.png"
     text = visible_text(render(browser, f"{ui['url']}/{compare_link(exp, rows)}", shot, tmp_path / "profile"))

@@ -1,60 +1,61 @@
-"""explain.py end to end: a tiny two-run sweep trained once per module, then the best run explained
-by the real entry point (subprocess); options and every error through the same task function
-in-process, so the module stays within its time budget (each subprocess pays ~5 s of imports)."""
+"""explain.py end to end: the best run of the latest sweep (sweeps.registry_sweeps' "better": 1 and 4
+epochs, so its two runs differ clearly) explained by the real entry point, in-process; options and
+every error through the same task function."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from matplotlib.image import imread
-from omegaconf import OmegaConf
 
-from sweeplab import errors, plots
+from sweeplab import errors, plots, tracking
+from sweeplab.classifier import Classifier
 from sweeplab.explain import FILES, ExplainError, cam_method, explain, resolve_layer
 from sweeplab.models import resnet18
 
-from conftest import ROOT, TINY, mlflow_client, run_entry
+from apps import run_app
+from conftest import ROOT
+from sweeps import registry_sweeps
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, tiny_npz):
-    """Two FINISHED runs of one sweep; 4 epochs learn the tiny data far better than 1."""
-    tmp = tmp_path_factory.mktemp("explain")
-    store = tmp / "mlruns"
-    where = [
-        f"tracking.store_dir={store}",
-        f"paths.log_dir={tmp / 'outputs'}",
-        f"paths.checkpoint_dir={tmp / 'checkpoints'}",
-    ]
-    done = run_entry("train.py", "-m", "trainer.epochs=1,4", "optimizer.lr=0.05", *TINY, *where, f"data.npz={tiny_npz}")
-    assert done.returncode == 0, done.stderr[-3000:]
-    client = mlflow_client(store)
-    runs = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
-    runs = [r for r in runs if "best_test_acc" in r.data.metrics]  # the training runs, not a sweep report
+def sweep(tiny_npz):
+    """The two FINISHED runs of the store's latest sweep; 4 epochs learn the tiny data far better than 1."""
+    s = registry_sweeps(tiny_npz)["better"]
+    assert s["result"].returncode == 0, s["result"].stderr[-3000:]
+    client, exp = s["client"], s["experiment"]
+    parent = client.search_runs(
+        [exp.experiment_id], "tags.`sweeplab.kind` = 'sweep'", max_results=1, order_by=["attributes.start_time DESC"]
+    )[0]
+    sweep_id = parent.data.tags["sweeplab.sweep"]
+    runs = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-    runs.sort(key=lambda r: r.data.metrics["best_test_acc"])
-    worse, best = runs
+    worse, best = sorted(runs, key=lambda r: r.data.metrics["best_test_acc"])
     assert best.data.metrics["best_test_acc"] > worse.data.metrics["best_test_acc"] + 0.05
+    where = [f"tracking.store_dir={s['store']}", f"paths.log_dir={s['tmp'] / 'explain-outputs'}"]
     return {
-        "tmp": tmp,
-        "store": store,
+        "tmp": s["tmp"],
+        "store": s["store"],
         "where": where,
         "client": client,
         "best": best,
         "worse": worse,
-        "experiment_id": best.info.experiment_id,
-        "sweep_id": best.data.tags["sweeplab.sweep"],
+        "experiment_id": exp.experiment_id,
+        "sweep_id": sweep_id,
     }
 
 
 @pytest.fixture(scope="module")
-def explained(sweep):
+def explained(sweep, tmp_path_factory):
     """``python explain.py`` with its defaults: the best run of the latest sweep, a 5x5 grid."""
-    out = sweep["tmp"] / "explained"
-    done = run_entry("explain.py", *sweep["where"], f"output_dir={out}")
+    out = tmp_path_factory.mktemp("explained")
+    done = run_app("explain.py", *sweep["where"], f"output_dir={out}")
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -176,17 +177,35 @@ def test_target_layer_names():
 
 # -- errors ------------------------------------------------------------------------------------------
 def test_no_runs_from_the_entry_point(sweep, tmp_path):
-    """An experiment with no runs (here: one the store lacks; a fresh store would add ~10 s of migrations)."""
-    done = run_entry(
+    """An experiment with no runs (here: one the store lacks)."""
+    done = run_app(
         "explain.py",
         f"tracking.store_dir={sweep['store']}",
         "tracking.experiment=nothing-here",
         f"paths.log_dir={tmp_path / 'logs'}",
         f"output_dir={tmp_path / 'out'}",
     )
-    assert done.returncode != 0
+    assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: no runs in experiment 'nothing-here'")
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_registered_best_model(sweep, explain_cfg, capsys, tmp_path):
+    """model_uri=models:/<name>@best explains the run that holds the alias; an unknown alias is one line."""
+    out = tmp_path / "registered"
+    explain(
+        explain_cfg(
+            "model_uri=models:/cifar10-resnet18@best",
+            "num_images=4",
+            "cols=2",
+            f"output_dir={out}",
+            "log_artifacts=false",
+        )
+    )
+    holder = sweep["client"].get_model_version_by_alias("cifar10-resnet18", "best").run_id
+    assert json.loads((out / FILES["summary"]).read_text())["run_id"] == holder
+    line = fails(explain_cfg("model_uri=models:/cifar10-resnet18@nope"), capsys)
+    assert "models:/cifar10-resnet18@nope" in line and "alias nope not found" in line
 
 
 def test_unknown_run_id_and_method(explain_cfg, capsys):
@@ -202,47 +221,33 @@ def test_unknown_layer(sweep, explain_cfg, capsys, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def _fake_run(sweep, tmp_path, name: str, config=None, checkpoint: bytes | None = None) -> str:
-    """A FINISHED run in the sweep's experiment with the given config/checkpoint artifacts."""
+def _fake_run(sweep, name: str, model: bool) -> str:
+    """A FINISHED run in the sweep's experiment with the best run's saved config and, if ``model``, a
+    model of its own (untrained; its files are the test's to break)."""
     client = sweep["client"]
-    run_id = client.create_run(sweep["experiment_id"], run_name=name).info.run_id
-    folder = tmp_path / name
-    folder.mkdir()
-    if config is not None:
-        OmegaConf.save(config, folder / "config.yaml")
-        client.log_artifact(run_id, str(folder / "config.yaml"), "config")
-    if checkpoint is not None:
-        (folder / "best.pt").write_bytes(checkpoint)
-        client.log_artifact(run_id, str(folder / "best.pt"), "checkpoints")
-    client.set_terminated(run_id, "FINISHED")
+    tracking.use_store(client.tracking_uri)
+    config = client.download_artifacts(sweep["best"].info.run_id, "config/config.yaml")
+    with tracking.run(sweep["experiment_id"], name) as run_id:
+        tracking.log_files([config], "config")
+        if model:
+            net = Classifier(resnet18(width=4), [0.5] * 3, [0.25] * 3).eval()
+            tracking.log_model(net, np.zeros((2, 3, 32, 32), dtype=np.uint8))
     return run_id
 
 
-@pytest.fixture
-def best_artifacts(sweep, tmp_path):
-    client, run_id = sweep["client"], sweep["best"].info.run_id
-    config = OmegaConf.load(client.download_artifacts(run_id, "config/config.yaml", str(tmp_path)))
-    checkpoint = open(client.download_artifacts(run_id, "checkpoints/best.pt", str(tmp_path)), "rb").read()
-    return config, checkpoint
+def test_run_without_model(sweep, explain_cfg, capsys):
+    run_id = _fake_run(sweep, "no-model", model=False)
+    assert f"run {run_id} (no-model) logged no model" in fails(explain_cfg(f"run_id={run_id}"), capsys)
 
 
-def test_run_without_checkpoint(sweep, explain_cfg, capsys, tmp_path, best_artifacts):
-    run_id = _fake_run(sweep, tmp_path, "no-checkpoint", config=best_artifacts[0])
-    assert f"run {run_id} (no-checkpoint) has no checkpoints/best.pt" in fails(explain_cfg(f"run_id={run_id}"), capsys)
-
-
-def test_checkpoint_the_config_cannot_rebuild(sweep, explain_cfg, capsys, tmp_path, best_artifacts):
-    config, checkpoint = best_artifacts
-    config.model.width = 8  # the run's weights are width 4
-    run_id = _fake_run(sweep, tmp_path, "other-width", config=config, checkpoint=checkpoint)
+def test_corrupt_model(sweep, explain_cfg, capsys):
+    run_id = _fake_run(sweep, "truncated", model=True)
+    uri = tracking.model_uri(run_id)
+    folder = sweep["client"].get_logged_model(uri.removeprefix("models:/")).artifact_location.removeprefix("file://")
+    (weights,) = list(Path(folder).rglob("model.pth"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     line = fails(explain_cfg(f"run_id={run_id}"), capsys)
-    assert "does not fit the model its config describes" in line and "size mismatch" in line
-
-
-def test_corrupt_checkpoint(sweep, explain_cfg, capsys, tmp_path, best_artifacts):
-    config, checkpoint = best_artifacts
-    run_id = _fake_run(sweep, tmp_path, "truncated", config=config, checkpoint=checkpoint[: len(checkpoint) // 2])
-    assert "is corrupt or truncated" in fails(explain_cfg(f"run_id={run_id}"), capsys)
+    assert line.startswith(f"error: cannot load the model {uri}: ")
 
 
 def test_no_misclassified_images_writes_nothing(sweep, explained, explain_cfg, capsys, tmp_path, tiny_npz):

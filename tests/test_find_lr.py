@@ -20,7 +20,8 @@ from sweeplab.data import DeviceLoader, load_dataset
 from sweeplab.errors import ConfigError
 from sweeplab.models import resnet18
 
-from conftest import ROOT, TINY, mlflow_client, run_entry
+from apps import run_app
+from conftest import ROOT, TINY, mlflow_client, where
 
 PNG = b"\x89PNG\r\n\x1a\n"
 START, END = 1e-3, 0.1
@@ -34,20 +35,12 @@ RANGE = [
 ]
 
 
-def where(tmp, npz) -> list[str]:
-    return [
-        f"tracking.store_dir={tmp / 'mlruns'}",
-        f"paths.log_dir={tmp / 'outputs'}",
-        f"paths.checkpoint_dir={tmp / 'checkpoints'}",
-        f"data.npz={npz}",
-    ]
-
-
 @pytest.fixture(scope="module")
 def found(tmp_path_factory, tiny_npz):
-    """One find_lr.py run (2 runs of 20 steps, 100 test images per step), shared by the tests below."""
+    """One find_lr.py run (2 runs of 20 steps, 100 test images per step) through the real entry point,
+    in-process, shared by the tests below."""
     tmp = tmp_path_factory.mktemp("find_lr")
-    proc = run_entry("find_lr.py", *TINY, *RANGE, *where(tmp, tiny_npz))
+    proc = run_app("find_lr.py", *TINY, *RANGE, *where(tmp, tiny_npz))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     [out] = (tmp / "outputs" / "lr_finder" / "runs").iterdir()
     summary = yaml.safe_load((out / "suggestions.yaml").read_text())
@@ -77,6 +70,7 @@ def sweep_values(override) -> list[float]:
 
 
 # -- the end-to-end run ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_last_line_is_a_sweep_command_hydra_parses(found):
     last = found["proc"].stdout.strip().splitlines()[-1]
     assert last == found["summary"]["command"]
@@ -92,6 +86,7 @@ def test_last_line_is_a_sweep_command_hydra_parses(found):
     assert not [a for a in args if a.startswith(("lr_finder", "tracking.", "paths.", "data.npz", "trainer.device"))]
 
 
+@pytest.mark.slow
 def test_suggestions_are_the_library_steepest_descent_inside_the_range(found):
     runs = found["summary"]["runs"]
     assert [r["seed"] for r in runs] == [1, 2]
@@ -108,6 +103,7 @@ def test_suggestions_are_the_library_steepest_descent_inside_the_range(found):
         assert r["suggested_lr"] == float(lr_finder.format_lr(exact))
 
 
+@pytest.mark.slow
 def test_two_seeds_give_two_different_histories(found):
     (lr0, loss0), (lr1, loss1) = (read_history(found["out"] / r["history"]) for r in found["summary"]["runs"])
     n = min(len(loss0), len(loss1))
@@ -115,6 +111,7 @@ def test_two_seeds_give_two_different_histories(found):
     assert np.abs(loss0[:n] - loss1[:n]).max() > 1e-4  # ... but another model init and batch order
 
 
+@pytest.mark.slow
 def test_plots_are_png_files(found):
     names = [r["figure"] for r in found["summary"]["runs"]] + ["lr_finder_summary.png"]
     assert len(names) == 3
@@ -123,6 +120,7 @@ def test_plots_are_png_files(found):
         assert path.read_bytes()[:8] == PNG and path.stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_mlflow_run_records_params_suggestions_and_artifacts(found):
     client = mlflow_client(found["tmp"] / "mlruns")
     exp = client.get_experiment_by_name("lr_finder")
@@ -149,13 +147,15 @@ def test_mlflow_run_records_params_suggestions_and_artifacts(found):
     } <= artifacts
 
 
+@pytest.mark.slow
 def test_printed_command_runs_one_finished_training_run_per_value(found):
     args, parsed, _ = parse_command(found["summary"]["command"])
     values = sweep_values(parsed[-1])
-    proc = run_entry("train.py", *args, "trainer.epochs=1", *found["where"])
+    proc = run_app("train.py", "-m", *args, "trainer.epochs=1", *found["where"])  # the command as printed
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = mlflow_client(found["tmp"] / "mlruns")
     runs = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
+    runs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]  # the jobs, not their sweep's parent run
     assert len(runs) == len(values)
     assert all(r.info.status == "FINISHED" for r in runs)
     assert sorted(float(r.data.params["optimizer.lr"]) for r in runs) == sorted(values)
@@ -163,7 +163,15 @@ def test_printed_command_runs_one_finished_training_run_per_value(found):
 
 # -- messages instead of tracebacks ---------------------------------------------------------------------
 def test_too_few_iterations_is_one_line_before_any_work(tmp_path, tiny_npz):
-    proc = run_entry("find_lr.py", *TINY, "lr_finder.num_iter=10", *where(tmp_path, tiny_npz))
+    store = tmp_path / "mlruns"
+    proc = run_app(
+        "find_lr.py",
+        *TINY,
+        "lr_finder.num_iter=10",
+        f"tracking.store_dir={store}",
+        f"data.npz={tiny_npz}",
+        f"paths.log_dir={tmp_path / 'outputs'}",
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr
     assert "too few iterations" in proc.stderr and "at least 17" in proc.stderr

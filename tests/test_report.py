@@ -1,4 +1,4 @@
-"""The sweep report: written by the multirun callback, on demand, and logged to MLflow."""
+"""The sweep report: written by the multirun callback to the sweep's parent run, and on demand."""
 
 import csv
 import statistics
@@ -9,40 +9,36 @@ from hydra import compose, initialize_config_dir
 from sweeplab import compare, errors, tracking
 from sweeplab.report import report
 
+from apps import run_app
 from conftest import ROOT
-from tiny_sweeps import run_sweep, two_run_sweep
+from sweeps import failed_sweep, two_run_sweep
+
+pytestmark = pytest.mark.slow  # sweeps through the real entry point
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, tiny_npz):
-    s = two_run_sweep(tmp_path_factory, tiny_npz)
+def sweep(tiny_npz):
+    s = two_run_sweep(tiny_npz)
     assert s["result"].returncode == 0, s["result"].stderr[-3000:]
     return s
 
 
 @pytest.fixture(scope="module")
-def failed_sweep(tmp_path_factory, tiny_npz):
-    # lr=1e6 drives the training loss to NaN within the epoch's 10 steps: that job's run ends FAILED.
-    return run_sweep(
-        "one_failed",
-        tmp_path_factory.getbasetemp(),
-        tiny_npz,
-        "optimizer.lr=0.05,1e6",
-        "trainer.epochs=1",
-        "trainer.batch_size=10",
-    )
+def failed(tiny_npz):
+    return failed_sweep(tiny_npz)
+
+
+def all_runs(s):
+    return s["client"].search_runs([s["experiment"].experiment_id], order_by=["attributes.start_time ASC"])
 
 
 def job_runs(s):
-    client = s["client"]
-    runs = client.search_runs(
-        [s["experiment"].experiment_id], "tags.`sweeplab.sweep` LIKE '%'", order_by=["attributes.start_time ASC"]
-    )
-    return runs
+    return [r for r in all_runs(s) if r.data.tags.get("sweeplab.kind") != "sweep"]
 
 
-def report_runs(s):
-    return s["client"].search_runs([s["experiment"].experiment_id], "tags.`sweeplab.kind` = 'report'")
+def parent_of(s):
+    (parent,) = [r for r in all_runs(s) if r.data.tags.get("sweeplab.kind") == "sweep"]
+    return parent
 
 
 def read_csv(s):
@@ -109,17 +105,13 @@ def test_table_rows_match_the_runs_mlflow_metrics(sweep):
         assert f"| FINISHED | {pct} | {int(run.data.metrics['best_epoch'])} |" in line
 
 
-def test_report_run_holds_the_report_and_no_metrics(sweep):
-    client = sweep["client"]
-    (run,) = report_runs(sweep)
-    sweep_id = job_runs(sweep)[0].data.tags["sweeplab.sweep"]
-    assert run.data.tags["sweeplab.report_for"] == sweep_id
-    assert "sweeplab.sweep" not in run.data.tags  # a sweep filter lists the training runs only
-    assert run.data.metrics == {} and run.data.params == {}
-    assert run.info.status == "FINISHED" and run.info.run_name == f"report {sweep_id}"
-    paths = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+def test_the_report_is_logged_to_the_sweeps_parent_run(sweep):
+    client, parent = sweep["client"], parent_of(sweep)
+    assert parent.data.tags["sweeplab.sweep"] == job_runs(sweep)[0].data.tags["sweeplab.sweep"]
+    paths = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert paths == {"report/comparison.png", "report/comparison.md", "report/comparison.csv"}
-    assert "| optimizer.lr=0.02 |" in run.data.tags["mlflow.note.content"]
+    assert "| optimizer.lr=0.02 |" in parent.data.tags["mlflow.note.content"]  # its description in the UI
+    assert len(all_runs(sweep)) == 3  # the parent and its two jobs: no separate report run
 
 
 def report_cfg(*overrides):
@@ -128,14 +120,15 @@ def report_cfg(*overrides):
         return compose("report", overrides=["tracking.uri=null", *overrides])
 
 
-def test_on_demand_report_reuses_the_report_run(sweep, tmp_path, capsys):
+def test_on_demand_report_logs_to_the_same_parent(sweep, tmp_path, capsys):
     out = tmp_path / "again"
     report(report_cfg("sweep=latest", f"tracking.store_dir={sweep['store']}", f"out={out}"))
     assert "| optimizer.lr=0.05 |" in capsys.readouterr().out
     with open(out / "comparison.csv") as f:
         again = list(csv.DictReader(f))
     assert [{k: v for k, v in r.items()} for r in again] == read_csv(sweep)
-    assert len(report_runs(sweep)) == 1
+    assert len(all_runs(sweep)) == 3
+    assert parent_of(sweep).data.tags["sweeplab.report_dir"] == str(out.resolve())
 
 
 def test_on_demand_report_of_an_unknown_sweep_is_one_line(sweep, capsys):
@@ -147,45 +140,36 @@ def test_on_demand_report_of_an_unknown_sweep_is_one_line(sweep, capsys):
     assert len(err) == 1 and err[0].startswith("error: no runs of sweep nope")
 
 
-def test_a_sweep_with_a_failed_run_still_reports(failed_sweep):
-    result = failed_sweep["result"]
+def test_a_sweep_with_a_failed_run_still_reports(failed):
+    result = failed["result"]
     assert result.returncode == 1, result.stderr[-3000:]  # the failure still sets the exit code
-    runs = {float(r.data.params["optimizer.lr"]): r for r in job_runs(failed_sweep)}
+    runs = {float(r.data.params["optimizer.lr"]): r for r in job_runs(failed)}
     bad = runs[1e6].info.run_name  # Hydra spells the value its own way (1000000.0)
     assert f"did not finish: {bad} (FAILED)" in result.stderr
-    rows = {r["run"]: r for r in read_csv(failed_sweep)}
+    rows = {r["run"]: r for r in read_csv(failed)}
     assert rows["optimizer.lr=0.05"]["status"] == "FINISHED"
-    failed = rows[bad]
-    assert failed["status"] == "FAILED" and "NonFiniteLossError" in failed["failure"]
-    assert failed["failure"] == runs[1e6].data.tags["sweeplab.failure"]
-    assert failed["best_test_acc"] == "" and failed["final_lr"] == ""  # it never finished an epoch
-    (sweep_dir,) = failed_sweep["sweep_dirs"]
+    row = rows[bad]
+    assert row["status"] == "FAILED" and "NonFiniteLossError" in row["failure"]
+    assert row["failure"] == runs[1e6].data.tags["sweeplab.failure"]
+    assert row["best_test_acc"] == "" and row["final_lr"] == ""  # it never finished an epoch
+    (sweep_dir,) = failed["sweep_dirs"]
     markdown = (sweep_dir / "report" / "comparison.md").read_text()
     assert f"| {bad} | `{bad}` | **FAILED** |" in markdown
     assert "Best: **optimizer.lr=0.05**" in markdown
-    (run,) = report_runs(failed_sweep)
-    assert run.data.tags["sweeplab.report.failed"] == "1"
+    # The parent: FAILED, naming the failed job; the finished one, the best, is registered.
+    parent = parent_of(failed)
+    assert parent.info.status == "FAILED" and bad in parent.data.tags["sweeplab.failure"]
+    assert (parent.data.metrics["sweep.jobs_finished"], parent.data.metrics["sweep.jobs_failed"]) == (1, 1)
+    good = runs[0.05].info.run_id
+    assert parent.data.tags["sweeplab.sweep.best_run"] == good
+    version = failed["client"].get_model_version_by_alias("cifar10-resnet18", "best")
+    assert version.run_id == good and parent.data.tags["sweeplab.registered_version"] == str(version.version)
 
 
 def test_report_command_is_a_hydra_app():
     """``python -m sweeplab.report`` has --help and --cfg job like the other entry points."""
-    import subprocess
-    import sys
-
-    from conftest import entry_env
-
-    def run(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "sweeplab.report", *args],
-            capture_output=True,
-            text=True,
-            env=entry_env(),
-            timeout=120,
-            cwd=ROOT.parent,
-        )
-
-    help_text = run("--help")
+    help_text = run_app("-m sweeplab.report", "--help")
     assert help_text.returncode == 0 and "report: the comparison of one sweep" in help_text.stdout
-    job = run("--cfg", "job", "sweep=20260101-000000-abcdef", "out=/tmp/reports")
+    job = run_app("-m sweeplab.report", "--cfg", "job", "sweep=20260101-000000-abcdef", "out=/tmp/reports")
     assert job.returncode == 0, job.stderr[-2000:]
     assert "sweep: 20260101-000000-abcdef" in job.stdout and "log_to_mlflow: true" in job.stdout

@@ -1,31 +1,39 @@
-"""train.py end to end, as a user runs it: a sweep into MLflow, help, and bad input."""
+"""train.py end to end, in-process through its real entry point: a sweep into MLflow (one parent run,
+a child per job), help, and bad input."""
 
 import pytest
 
-from conftest import TINY, mlflow_client, run_entry
-from tiny_sweeps import two_run_sweep
+from apps import run_app
+from conftest import TINY, mlflow_client
+from sweeps import two_run_sweep
 
-EPOCHS = 2  # as tiny_sweeps.two_run_sweep trains
+EPOCHS = 2  # as sweeps.two_run_sweep trains
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time", "images_per_sec")
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, tiny_npz):
-    """The session's shared 2-run lr sweep (tiny_sweeps.py), as train.py -m leaves it."""
-    s = two_run_sweep(tmp_path_factory, tiny_npz)
+def sweep(tiny_npz):
+    """The session's shared 2-run lr sweep (sweeps.py), as train.py -m leaves it."""
+    s = two_run_sweep(tiny_npz)
     assert s["result"].returncode == 0, s["result"].stderr[-3000:]
     runs = s["client"].search_runs([s["experiment"].experiment_id])
-    return s["client"], [r for r in runs if "sweeplab.sweep" in r.data.tags], s["tmp"]  # not the report run
+    parents = [r for r in runs if r.data.tags.get("sweeplab.kind") == "sweep"]
+    children = [r for r in runs if r not in parents]
+    return s["client"], parents, children, s["tmp"]
 
 
-def test_sweep_logs_one_finished_run_per_value(sweep):
-    client, runs, _ = sweep
-    assert len(runs) == 2
+@pytest.mark.slow
+def test_sweep_is_a_parent_run_with_one_finished_child_per_value(sweep):
+    client, parents, runs, _ = sweep
+    (parent,) = parents
+    assert parent.info.run_name == "sweep optimizer.lr=0.05,0.02" and parent.info.status == "FINISHED"
+    assert len(runs) == 2 and {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     assert sorted(float(r.data.params["optimizer.lr"]) for r in runs) == [0.02, 0.05]
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert sorted(r.info.run_name for r in runs) == ["optimizer.lr=0.02", "optimizer.lr=0.05"]
-    assert len({r.data.tags["sweeplab.sweep"] for r in runs}) == 1  # one sweep id groups them
+    assert {r.data.tags["sweeplab.sweep"] for r in runs} == {parent.data.tags["sweeplab.sweep"]}
     for run in runs:
-        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time", "images_per_sec"):
+        for key in METRICS:
             history = client.get_metric_history(run.info.run_id, key)
             assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), key
         assert 0.0 < run.data.metrics["best_test_acc"] <= 1.0
@@ -37,13 +45,36 @@ def test_sweep_logs_one_finished_run_per_value(sweep):
         assert run.data.tags["sweeplab.git_dirty"] in ("True", "False")
         assert len(run.data.tags["sweeplab.data.train_sha256"]) == 64
         assert "optimizer.lr=" in run.data.tags["sweeplab.overrides"]
+    # The parent holds the outcome: the best value, which child holds it, how many jobs finished.
+    best = max(r.data.metrics["best_test_acc"] for r in runs)
+    assert parent.data.metrics["sweep.best_value"] == best
+    holder = client.get_run(parent.data.tags["sweeplab.sweep.best_run"])
+    assert holder.data.metrics["best_test_acc"] == best and holder.info.run_id in {r.info.run_id for r in runs}
+    assert (parent.data.metrics["sweep.jobs_finished"], parent.data.metrics["sweep.jobs_failed"]) == (2, 0)
 
 
-def test_sweep_runs_carry_their_artifacts(sweep):
-    client, runs, _ = sweep
+@pytest.mark.slow
+def test_runs_carry_their_data_and_system_metrics(sweep):
+    """Training and test data as MLflow dataset inputs; CPU and memory use from MLflow's monitor."""
+    client, _, runs, _ = sweep
+    for run in runs:
+        inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+        assert set(inputs) == {"cifar10-training", "cifar10-testing"}
+        train = inputs["cifar10-training"]
+        sha256 = run.data.tags["sweeplab.data.train_sha256"]
+        assert train.dataset.digest == sha256[:36] and {t.key: t.value for t in train.tags}["sha256"] == sha256
+        assert train.dataset.source_type == "local" and "tiny.npz" in train.dataset.source
+        assert '"num_rows": 100' in train.dataset.profile or "100" in train.dataset.profile  # data.train_limit=100
+        assert "system/cpu_utilization_percentage" in run.data.metrics
+        assert "system/system_memory_usage_megabytes" in run.data.metrics
+
+
+@pytest.mark.slow
+def test_runs_carry_their_artifacts_and_model(sweep):
+    client, _, runs, _ = sweep
     for run in runs:
         paths = set()
-        for folder in ("config", "hydra", "checkpoints", "plots", "logs"):
+        for folder in ("config", "hydra", "plots", "logs"):
             paths |= {a.path for a in client.list_artifacts(run.info.run_id, folder)}
         assert {
             "config/config.yaml",
@@ -51,27 +82,31 @@ def test_sweep_runs_carry_their_artifacts(sweep):
             "config/overrides.txt",
             "hydra/config.yaml",
             "hydra/overrides.yaml",
-            "checkpoints/best.pt",
             "plots/curves.png",
             "logs/train.log",
         } <= paths
         log = open(client.download_artifacts(run.info.run_id, "logs/train.log")).read()
         assert "Test set: Average loss:" in log
+        (model,) = run.outputs.model_outputs  # the best weights as an MLflow model, not a plain file
+        logged = client.get_logged_model(model.model_id)
+        assert logged.name == "model" and logged.source_run_id == run.info.run_id
+        assert not client.list_artifacts(run.info.run_id, "checkpoints")
 
 
+@pytest.mark.slow
 def test_store_and_outputs_stay_in_their_folders(sweep):
-    _, runs, tmp = sweep
-    for run in runs:
+    _, parents, runs, tmp = sweep
+    for run in runs + parents:
         assert run.info.artifact_uri.startswith((tmp / "mlruns" / "artifacts").as_uri())
-    assert list((tmp / "outputs" / "train" / "multiruns").iterdir())
+    assert list((tmp / "two_runs" / "train" / "multiruns").iterdir())
 
 
 def test_help_lists_the_groups():
-    result = run_entry("train.py", "--help")
+    result = run_app("train.py", "--help")
     assert result.returncode == 0
     for group in ("model:", "optimizer:", "scheduler:", "augmentation:", "data:", "trainer:", "experiment:"):
         assert group in result.stdout
-    job = run_entry("train.py", "--cfg", "job", "optimizer.lr=0.02")
+    job = run_app("train.py", "--cfg", "job", "optimizer.lr=0.02")
     assert job.returncode == 0 and "lr: 0.02" in job.stdout
 
 
@@ -84,35 +119,43 @@ def test_help_lists_the_groups():
     ],
 )
 def test_bad_input_is_one_line_and_creates_no_run(workdir, overrides, message):
-    result = run_entry("train.py", *TINY, *workdir["overrides"], *overrides)
+    result = run_app("train.py", *TINY, *workdir["overrides"], *overrides)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error:") and message in lines[-1]
     assert "Traceback" not in result.stderr
-    db = workdir["store"] / "mlflow.db"
-    if db.exists():
-        client = mlflow_client(workdir["store"])
-        assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+    client = mlflow_client(workdir["store"])
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
 def test_a_bad_value_in_a_sweep_stops_it_before_any_job(workdir):
-    result = run_entry("train.py", "-m", "optimizer.lr=0.1,-1", *TINY, *workdir["overrides"])
+    result = run_app("train.py", "-m", "optimizer.lr=0.1,-1", *TINY, *workdir["overrides"])
     assert result.returncode == 2
     assert "optimizer.lr=-1 must be a positive number" in result.stderr
     assert "Epoch 1" not in result.stdout + result.stderr
+    client = mlflow_client(workdir["store"])
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])  # not even a parent
 
 
+@pytest.mark.slow
 def test_a_job_failing_before_its_run_exists_still_fails_the_sweep(workdir, tiny_npz):
-    result = run_entry(
+    result = run_app(
         "train.py",
         "-m",
         f"data.npz=/nonexistent/cifar10.npz,{tiny_npz}",
         "trainer.epochs=1",
-        *TINY,
+        "data.train_limit=100",
+        "data.test_limit=100",
+        *TINY[:5],
         *workdir["overrides"][:3],
     )
     assert result.returncode == 1
-    assert "failed jobs" in result.stderr and "does not exist" in result.stdout + result.stderr
+    assert "failed before its run started" in result.stderr and "does not exist" in result.stdout + result.stderr
     client = mlflow_client(workdir["store"])
     runs = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
-    assert [r.info.status for r in runs if "sweeplab.sweep" in r.data.tags] == ["FINISHED"]
+    (parent,) = [r for r in runs if r.data.tags.get("sweeplab.kind") == "sweep"]
+    assert [r.info.status for r in runs if r is not parent] == ["FINISHED"]
+    assert (
+        parent.info.status == "FAILED"
+        and "job 0 (failed before its run started)" in parent.data.tags["sweeplab.failure"]
+    )

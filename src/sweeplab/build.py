@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab.data import Augment, Dataset, DeviceLoader, Split, load_dataset
+from sweeplab.data import Augment, Dataset, DeviceLoader, Split, from_config
 from sweeplab.engine import Trainer
 from sweeplab.errors import ConfigError
 from sweeplab.settings import resolve_device
@@ -45,9 +46,12 @@ def channels_last_of(cfg: DictConfig, device: torch.device) -> bool:
 
 
 def load_data(cfg: DictConfig) -> Dataset:
-    """The data set the config names, with its limits and validation split (CPU tensors)."""
-    data = cfg.data
-    dataset = load_dataset(data.root, data.npz, data.download, data.train_limit, data.test_limit, data.val_split)
+    """The data set the config names, with its limits, validation split and normalization (CPU tensors);
+    a data set too large for the training device stops here, before an image folder is decoded."""
+    if cfg.data.get("path"):  # an image folder: absolute, so the run's saved config reruns from anywhere
+        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+    padding = int(cfg.augmentation.crop_padding) if cfg.get("augmentation") else 0
+    dataset = from_config(cfg.data, device_of(cfg), padding)
     if cfg.trainer.batch_size > len(dataset.train):
         raise ConfigError(
             f"trainer.batch_size={cfg.trainer.batch_size} is larger than the {len(dataset.train)} training images"
@@ -55,11 +59,19 @@ def load_data(cfg: DictConfig) -> Dataset:
     return dataset
 
 
-def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
-    """A fresh model from ``cfg.model``, on ``device`` in the memory format the trainer uses."""
+def build_model(cfg: DictConfig, device: torch.device, num_classes: int | None = None) -> torch.nn.Module:
+    """A fresh model from ``cfg.model``, on ``device`` in the memory format the trainer uses.
+
+    ``num_classes`` (the data's) fills ``model.num_classes`` where the config leaves it null
+    (``${data.num_classes}`` of an image folder)."""
     fmt = torch.channels_last if channels_last_of(cfg, device) else torch.contiguous_format
+    fill = {}
+    if "num_classes" in cfg.model and cfg.model.num_classes is None:
+        if num_classes is None:
+            raise ConfigError("model.num_classes is null (data.num_classes: from the data) and no data was given")
+        fill["num_classes"] = int(num_classes)
     with building("model"):
-        return instantiate(cfg.model).to(device, memory_format=fmt)
+        return instantiate(cfg.model, **fill).to(device, memory_format=fmt)
 
 
 def load_weights(model: torch.nn.Module, state: dict) -> torch.nn.Module:
@@ -93,19 +105,59 @@ def build_scheduler(scheduler: DictConfig | None, optimizer, epochs: int, steps_
         for key in ("total_steps", "T_max"):
             if key in accepted and params.get(key) is None:
                 params[key] = length
-        return instantiate(params)(optimizer), interval, monitor
+        make = instantiate(params)
+    _rehearse(make, optimizer, length, interval)
+    with building("scheduler"):
+        return make(optimizer), interval, monitor
 
 
-def eval_loader(cfg: DictConfig, split: Split, device: torch.device, batch_size: int | None = None) -> DeviceLoader:
-    """An evaluation loader (in order, no augmentation) over ``split``."""
+def _rehearse(make, optimizer, length: int, interval: str) -> None:
+    """Step a copy of the schedule through the whole run on a one-parameter optimizer of the same
+    kind, so a schedule that cannot run that long (one-cycle over a handful of steps divides by
+    zero in torch) is a one-line error now, not a crash in the middle of training. Milliseconds."""
+    import warnings
+
+    try:
+        dummy = type(optimizer)([torch.zeros(1, requires_grad=True)], **optimizer.defaults)
+    except Exception:  # an optimizer that cannot be copied this way: the run itself will tell
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+            schedule = make(dummy)
+            plateau = isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau)
+            for _ in range(length):
+                schedule.step(0.0) if plateau else schedule.step()
+    except Exception as err:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"scheduler: cannot run over this run's {length} {interval}s ({text}); "
+            f"train for more steps (trainer.epochs, a smaller trainer.batch_size) or change the schedule"
+        ) from None
+
+
+def eval_loader(
+    cfg: DictConfig, split: Split, device: torch.device, batch_size: int | None = None, data: Dataset | None = None
+) -> DeviceLoader:
+    """An evaluation loader (in order, no augmentation) over ``split``, normalized as ``data`` is."""
+    mean, std = normalization(cfg, data)
     return DeviceLoader(
         split,
         batch_size or cfg.trainer.eval_batch_size,
         device,
-        cfg.data.mean,
-        cfg.data.std,
+        mean,
+        std,
         channels_last=channels_last_of(cfg, device),
     )
+
+
+def normalization(cfg: DictConfig, data: Dataset | None = None) -> tuple:
+    """(mean, std): the data's (the config's, or computed where the config has null), else the config's."""
+    if data is not None and data.mean is not None:
+        return data.mean, data.std
+    if cfg.data.mean is None:
+        raise ConfigError("data.mean is null (from the data) but no data was loaded to take it from")
+    return cfg.data.mean, cfg.data.std
 
 
 def build_loaders(cfg: DictConfig, data: Dataset, device: torch.device, seed: int):
@@ -117,16 +169,15 @@ def build_loaders(cfg: DictConfig, data: Dataset, device: torch.device, seed: in
             data.train,
             trainer.batch_size,
             device,
-            cfg.data.mean,
-            cfg.data.std,
+            *normalization(cfg, data),
             shuffle=True,
             drop_last=trainer.drop_last,
             seed=seed,
             augment=augment,
             channels_last=channels_last_of(cfg, device),
         )
-    test = eval_loader(cfg, data.test, device)
-    val = eval_loader(cfg, data.val, device) if data.val is not None else None
+    test = eval_loader(cfg, data.test, device, data=data)
+    val = eval_loader(cfg, data.val, device, data=data) if data.val is not None else None
     return train, test, val
 
 
@@ -140,7 +191,7 @@ def build_trainer(cfg: DictConfig, device: torch.device, data: Dataset) -> Train
     """A Trainer with everything the config asks for, ready to fit; the training job adds the
     checkpoint folder and the MLflow callback once its run exists."""
     trainer = cfg.trainer
-    model = build_model(cfg, device)
+    model = build_model(cfg, device, data.num_classes)
     optimizer = build_optimizer(cfg, model)
     train_loader, test_loader, val_loader = build_loaders(cfg, data, device, trainer.seed)
     scheduler, interval, monitor = build_scheduler(cfg.scheduler, optimizer, trainer.epochs, len(train_loader))

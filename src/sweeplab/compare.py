@@ -20,9 +20,7 @@ from sweeplab import job, plots, tracking
 from sweeplab.errors import ConfigError
 from sweeplab.tracking import Run
 
-KIND_TAG = "sweeplab.kind"  # "report" on a report run
-REPORT_FOR_TAG = "sweeplab.report_for"  # the sweep id a report run compares
-REPORT_DIR_TAG = "sweeplab.report_dir"  # where the report's files were last written
+REPORT_DIR_TAG = "sweeplab.report_dir"  # on the sweep's parent run: where the report's files were last written
 FIGURE, TABLE_MD, TABLE_CSV = "comparison.png", "comparison.md", "comparison.csv"
 ARTIFACT_DIR = "report"
 # The table's columns, in order; CSV holds the raw values (MLflow's floats, exactly), Markdown rounds them.
@@ -50,7 +48,7 @@ class Report:
     rows: list[dict]
     histories: dict[str, list[dict]]
     out_dir: Path
-    run_id: str | None = None  # the MLflow report run
+    run_id: str | None = None  # the sweep's parent run, where the report was logged
     files: dict[str, Path] = field(default_factory=dict)
     figure: object = None  # the matplotlib Figure (saved and closed)
 
@@ -63,8 +61,8 @@ HISTORY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "image
 
 
 def job_runs(experiment_id: str, sweep_id: str) -> list[Run]:
-    """The training runs of a sweep, oldest first (report runs carry no sweep tag, but be safe)."""
-    return [r for r in tracking.sweep_runs(experiment_id, sweep_id) if r.tags.get(KIND_TAG) != "report"]
+    """The jobs' runs of a sweep, oldest first (not its parent run)."""
+    return [r for r in tracking.sweep_runs(experiment_id, sweep_id) if r.tags.get(tracking.KIND_TAG) != "sweep"]
 
 
 def _label(run: Run, taken: set) -> str:
@@ -223,33 +221,25 @@ def build_report(experiment_id: str, sweep_id: str, out_dir: Path | None = None,
     return report
 
 
-def find_report_run(experiment_id: str, sweep_id: str) -> Run | None:
-    runs = tracking.runs_tagged(experiment_id, REPORT_FOR_TAG, sweep_id)
-    return runs[0] if runs else None
-
-
 def log_report(experiment_id: str, report: Report, markdown: str, out_dir: Path | None) -> str:
-    """Log the files to the sweep's report run (reused when the report is made again). The table
-    is also the run's description, so the MLflow UI shows it on the run's overview page."""
-    existing = find_report_run(experiment_id, report.sweep_id)
-    if existing is not None:
-        run_id = existing.run_id
-    else:
+    """Log the files to the sweep's parent run (a sweep from before parent runs gets one, and its
+    runs become its children). The table is also the parent's description, so the MLflow UI shows
+    it on the run's overview page."""
+    parent = tracking.sweep_parent(experiment_id, report.sweep_id)
+    if parent is None:
         run_id = tracking.create_run(
-            experiment_id,
-            f"report {report.sweep_id}",
-            tags={KIND_TAG: "report", REPORT_FOR_TAG: report.sweep_id, "mlflow.source.name": "sweeplab.report"},
+            experiment_id, f"sweep {report.sweep_id}", {tracking.SWEEP_TAG: report.sweep_id, tracking.KIND_TAG: "sweep"}
         )
-    tags = {
-        tracking.NOTE_TAG: markdown[:60000],
-        "sweeplab.report.runs": str(len(report.rows)),
-        "sweeplab.report.failed": str(len(report.failed)),
-    }
+        for row in report.rows:
+            tracking.set_tags({tracking.PARENT_TAG: run_id}, row["run_id"])
+        tracking.end_run(run_id, "FAILED" if report.failed else "FINISHED")
+    else:
+        run_id = parent.run_id
+    tags = {tracking.NOTE_TAG: markdown[:60000]}
     if out_dir is not None:
         tags[REPORT_DIR_TAG] = str(out_dir.resolve())
     tracking.set_tags(tags, run_id)
     tracking.log_files(report.files.values(), ARTIFACT_DIR, run_id)
-    tracking.end_run(run_id, "FINISHED")
     return run_id
 
 
@@ -262,4 +252,6 @@ def announce(report: Report, stream=None) -> None:
             file=stream,
         )
     if report.run_id:
-        print(f"report: MLflow run {report.run_id} (artifacts under {ARTIFACT_DIR}/)", file=stream, flush=True)
+        print(
+            f"report: the sweep's MLflow run {report.run_id} (artifacts under {ARTIFACT_DIR}/)", file=stream, flush=True
+        )

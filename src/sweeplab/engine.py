@@ -7,6 +7,7 @@ read once per epoch (and at each progress-bar refresh when a terminal shows one)
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -112,6 +113,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best: dict = {"test_acc": -1.0, "epoch": None}
         self.epochs_to_target: int | None = None
+        self._unsaved: dict | None = None  # the last complete epoch's state while last.pt is older
 
     # -- one epoch -------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict:
@@ -188,6 +190,16 @@ class Trainer:
             self.warm_up()
         for cb in self.callbacks:
             cb.on_fit_start(self)
+        try:
+            self._epochs(epochs)
+        except (KeyboardInterrupt, SystemExit):  # a signal or a cluster's requeue: keep the last complete epoch
+            self._save_unsaved()
+            raise
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
+        return self.history
+
+    def _epochs(self, epochs: int) -> None:
         for epoch in range(self.epoch + 1, epochs + 1):
             lr = self.lr
             metrics = {"epoch": epoch, **self.train_epoch(epoch), "lr": lr}
@@ -212,9 +224,6 @@ class Trainer:
             self._checkpoint(epoch, epochs, improved=self.best["epoch"] == epoch)
             for cb in self.callbacks:
                 cb.on_epoch_end(self, metrics)
-        for cb in self.callbacks:
-            cb.on_fit_end(self)
-        return self.history
 
     def _step_scheduler(self, metrics: dict) -> None:
         if self.scheduler is None or self.scheduler_interval != "epoch":
@@ -276,11 +285,20 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
     def _checkpoint(self, epoch: int, epochs: int, improved: bool) -> None:
-        if self.checkpoint_dir is None or not self.checkpoint_every:
+        if self.checkpoint_dir is None:
             return
         if improved:  # the weights alone: what explain.py and evaluation need, at half the size
             checkpoint.save(
                 {"model": self.model.state_dict(), "epoch": epoch, "best": self.best}, self.checkpoint_dir / "best.pt"
             )
-        if epoch % self.checkpoint_every == 0 or epoch == epochs:
+        if self.checkpoint_every and (epoch % self.checkpoint_every == 0 or epoch == epochs):
             checkpoint.save(self.state_dict(), self.checkpoint_dir / "last.pt")
+            self._unsaved = None
+        elif self.checkpoint_every:  # not on disk yet: kept in memory, written if the run is stopped
+            self._unsaved = copy.deepcopy(self.state_dict())
+
+    def _save_unsaved(self) -> None:
+        if self.checkpoint_dir is not None and self._unsaved is not None:
+            checkpoint.save(self._unsaved, self.checkpoint_dir / "last.pt")
+            log.info(f"stopped: epoch {self._unsaved['epoch']} checkpointed for a resume")
+            self._unsaved = None

@@ -3,7 +3,9 @@ and by the sweep callback:
 
 - a user mistake (``ConfigError``) is one line on stderr and exit code 2, before any work;
 - a run that failed (``RunFailed``: a NaN loss, no suggestion, ...) is one line and exit code 1;
-- an interrupt (Ctrl-C) is one line and exit code 130;
+- a signal that asks the process to stop (SIGINT/Ctrl-C, SIGTERM, SIGHUP: what schedulers send at
+  cancel, preemption and time limit) ends the current run KILLED with its last complete epoch
+  checkpointed, prints how to continue it, and exits 128 + the signal's number;
 - anything else is a bug and keeps its traceback.
 
 In a multirun a failed job does not stop the sweep: its error is logged, a ``FAILED`` file is left in
@@ -15,7 +17,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -32,16 +37,53 @@ class RunFailed(RuntimeError):
     """The run itself failed (e.g. the loss became NaN): reported as one line (exit code 1)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, like Ctrl-C's KeyboardInterrupt."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def exit_code(err: BaseException) -> int:
-    return 2 if isinstance(err, ConfigError) else 130 if isinstance(err, KeyboardInterrupt) else 1
+    if isinstance(err, ConfigError):
+        return 2
+    if isinstance(err, KeyboardInterrupt):
+        return 128 + getattr(err, "signum", signal.SIGINT)
+    return 1
 
 
 def message(err: BaseException) -> str:
     """The one line a user sees."""
     if isinstance(err, KeyboardInterrupt):
         hint = getattr(err, "hint", None)
-        return "interrupted" + (f": {hint}" if hint else "")
+        return f"interrupted ({signal.Signals(getattr(err, 'signum', signal.SIGINT)).name})" + (
+            f": {hint}" if hint else ""
+        )
     return f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+
+
+@contextmanager
+def stop_signals():
+    """SIGTERM and SIGHUP raise ``Interrupted`` in the main thread while the task runs. Under submitit
+    (a SLURM job) SIGTERM stays submitit's: SLURM sends it at preemption before the signal with which
+    submitit checkpoints and requeues the job."""
+    signals = [signal.SIGHUP] + ([] if os.environ.get("SUBMITIT_EXECUTOR") else [signal.SIGTERM])
+
+    def raise_interrupted(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {}
+    try:
+        for signum in signals:
+            previous[signum] = signal.signal(signum, raise_interrupted)
+    except ValueError:  # not the main thread (a launcher's worker thread): leave the signals alone
+        pass
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def fail(err: BaseException) -> NoReturn:
@@ -62,7 +104,8 @@ def _multirun_job_dir() -> Path | None:
 def run_task(task, cfg):
     """Call ``task(cfg)`` under the policy above; return what it returns (NaN for a failed multirun job)."""
     try:
-        return task(cfg)
+        with stop_signals():
+            return task(cfg)
     except KeyboardInterrupt as err:
         fail(err)  # a sweep stops too: the user asked it to
     except Exception as err:

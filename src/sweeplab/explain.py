@@ -16,8 +16,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from sweeplab import build, checkpoint, job, plots, tracking
-from sweeplab.data import DeviceLoader, load_dataset
+from sweeplab import job, plots, tracking
+from sweeplab.classifier import Classifier
+from sweeplab.data import DeviceLoader, from_config
 from sweeplab.engine import evaluate
 from sweeplab.errors import ConfigError
 from sweeplab.settings import resolve_device
@@ -25,7 +26,6 @@ from sweeplab.settings import resolve_device
 log = logging.getLogger(__name__)
 
 CONFIG_ARTIFACT = "config/config.yaml"
-CHECKPOINT_ARTIFACT = "checkpoints/best.pt"
 ARTIFACT_DIR = "explain"
 FILES = {
     "grid": "misclassified_grid.png",
@@ -97,16 +97,20 @@ def check_options(cfg: DictConfig) -> None:
         raise ExplainError(f"direction={cfg.direction!r} must be max or min")
     if target_of(cfg) not in TARGETS:
         raise ExplainError(f"target={cfg.target!r} must be predicted or true")
-    for key in ("run_id", "sweep", "metric"):
-        if cfg[key] is not None and not re.fullmatch(r"[\w.\-:/ ]+", str(cfg[key])):
+    for key in ("model_uri", "run_id", "sweep", "metric"):
+        if cfg[key] is not None and not re.fullmatch(r"[\w.\-:/@ ]+", str(cfg[key])):
             raise ExplainError(f"{key}={cfg[key]!r} contains characters an MLflow id or metric name cannot")
     cam_method(cfg.method)
 
 
 # -- which run ----------------------------------------------------------------------------------
 def pick_run(cfg: DictConfig) -> tracking.Run:
-    """``run_id``, else the best FINISHED run of the chosen sweep by ``metric``."""
+    """The run behind ``model_uri``, else ``run_id``, else the best FINISHED run of the chosen sweep
+    by ``metric``."""
+    tracking.protect(cfg)
     experiment_id = tracking.find_experiment(cfg.tracking)
+    if cfg.model_uri:
+        return tracking.model_run(str(cfg.model_uri))
     if cfg.run_id:
         return tracking.get_run(str(cfg.run_id))
     if experiment_id is None or not tracking.has_runs(experiment_id):
@@ -131,23 +135,22 @@ def pick_run(cfg: DictConfig) -> tracking.Run:
 def _download(run: tracking.Run, artifact: str, dst: str) -> Path:
     folder, _, name = artifact.rpartition("/")
     if name not in tracking.artifact_names(run.run_id, folder):
-        hint = " (it ended before its first checkpoint?)" if artifact == CHECKPOINT_ARTIFACT else ""
-        raise ExplainError(f"run {run.run_id} ({run.name}) has no {artifact} artifact{hint}")
+        raise ExplainError(f"run {run.run_id} ({run.name}) has no {artifact} artifact")
     return tracking.download(run.run_id, artifact, dst)
 
 
+def load_classifier(cfg: DictConfig, run: tracking.Run, device: torch.device) -> Classifier:
+    """The run's MLflow model (``model_uri``, or the one the run logged), as trained."""
+    uri = str(cfg.model_uri) if cfg.model_uri else tracking.model_uri(run.run_id)
+    if uri is None:
+        raise ExplainError(f"run {run.run_id} ({run.name}) logged no model (it ended before its first epoch?)")
+    classifier = tracking.load_model(uri, str(device))
+    if not isinstance(classifier, Classifier):
+        raise ExplainError(f"the model {uri} is a {type(classifier).__name__}, not a sweeplab Classifier")
+    return classifier.to(device).eval()
+
+
 # -- the model as it was trained ----------------------------------------------------------------
-def rebuild_model(saved: DictConfig, state: dict, run_id: str, device: torch.device) -> nn.Module:
-    """The saved config's model, built as training built it, with the checkpoint's weights (strictly)."""
-    try:
-        return build.load_weights(build.build_model(saved, device), state)
-    except ConfigError as err:
-        described = OmegaConf.to_container(saved.model, resolve=True)
-        raise ExplainError(
-            f"the checkpoint of run {run_id} does not fit the model its config describes ({described}): {err}"
-        ) from None
-
-
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     """``layerN`` -> that stage's last block; ``stem`` -> the stem's batch norm; else a module path."""
     name = str(name)
@@ -169,7 +172,7 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
         s
         for s in STAGES
         if (s == "stem" and hasattr(model, "bn1")) or isinstance(getattr(model, s, None), nn.Sequential)
-    ]
+    ] or [n for n, m in model.named_children() if isinstance(m, nn.Sequential) and len(m)]  # torchvision's
     raise ExplainError(
         f"target_layer={name!r} is not a layer of {type(model).__name__}; use one of "
         f"{', '.join(valid)} (a stage's last block) or a module path such as layer4.1.conv2"
@@ -177,24 +180,28 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
 
 
 def load_test_set(saved: DictConfig, where: DictConfig):
-    """The saved run's test split; ``where`` (the command's data.npz / data.root) says where it lives now."""
+    """The saved run's data (its test split, class names and normalization), read as training read it:
+    CIFAR-10/100 or an image folder (from its cache while the folder is unchanged). ``where`` (the
+    command's data.npz / data.root / data.path) says where the data lives now."""
     data = saved.data
-    if where.get("npz"):
-        data.npz = str(where.npz)
-    if where.get("root"):
-        data.root = str(where.root)
-        if not where.get("npz"):
-            data.npz = None
+    for key in ("npz", "root", "path"):
+        if where.get(key) and key in data:
+            data[key] = str(where[key])
+    if where.get("root") and not where.get("npz") and "npz" in data:
+        data.npz = None
     try:
-        root, npz, download, test_limit = data.root, data.npz, data.download, data.test_limit
+        resolved = OmegaConf.to_container(data, resolve=True)
     except Exception as err:  # an interpolation that no longer resolves here
         raise ExplainError(
             f"the run's data config does not resolve here ({str(err).splitlines()[0]}); "
-            f"set data.npz=... or data.root=..."
+            f"set data.npz=..., data.root=... or data.path=..."
         ) from None
-    dataset = load_dataset(root, npz, download, train_limit=1, test_limit=test_limit, val_split=0)
-    if len(dataset.classes) != int(data.num_classes):
-        raise ExplainError(f"the data has {len(dataset.classes)} classes but the run was trained on {data.num_classes}")
+    # The training split only matters for statistics the data computes itself (an image folder caches its own).
+    few = data.mean is not None or data.get("name") == "image_folder"
+    resolved.update(val_split=0, **({"train_limit": 1} if few else {}))
+    dataset = from_config(OmegaConf.create(resolved))
+    if data.num_classes is not None and dataset.num_classes != int(data.num_classes):
+        raise ExplainError(f"the data has {dataset.num_classes} classes but the run was trained on {data.num_classes}")
     return dataset
 
 
@@ -243,19 +250,17 @@ def explain(cfg: DictConfig) -> Explanation:
     with tempfile.TemporaryDirectory() as tmp:
         saved = OmegaConf.load(_download(run, CONFIG_ARTIFACT, tmp))
         saved.pop("defaults", None)
-        path = _download(run, CHECKPOINT_ARTIFACT, tmp)
-        try:
-            state = checkpoint.load(path, map_location="cpu")
-        except checkpoint.CheckpointError as err:  # name the artifact, not the temporary download
-            raise ExplainError(f"run {run_id}: {str(err).replace(str(path), CHECKPOINT_ARTIFACT)}") from None
-    model = rebuild_model(saved, state, run_id, device).eval()
+    classifier = load_classifier(cfg, run, device)
+    model = classifier.net
     layer = resolve_layer(model, cfg.target_layer)
 
     data = load_test_set(saved, cfg.data)
     trained_size = run.tags.get("sweeplab.data.test_size")
     if trained_size and int(trained_size) != len(data.test):
         log.warning(f"the run was evaluated on {trained_size} test images; this data has {len(data.test)}")
-    loader = DeviceLoader(data.test, cfg.batch_size, device, list(saved.data.mean), list(saved.data.std))
+    # The model's own normalization, so its predictions here are the ones it serves.
+    mean, std = (classifier.mean / 255).flatten().tolist(), (classifier.std / 255).flatten().tolist()
+    loader = DeviceLoader(data.test, cfg.batch_size, device, mean, std)
     result = evaluate(model, loader, device)
     preds, labels = result["preds"].cpu(), loader.labels.cpu()
     wrong = torch.nonzero(preds != labels).flatten()

@@ -1,9 +1,16 @@
 """What the current Hydra job is: its command-line overrides, which of them define the experiment, and
 the sweep it belongs to. The one rule for "which overrides define an experiment" lives here; run
-names, the sweep command find_lr.py prints and the comparison tables all use it."""
+names, the sweep command find_lr.py prints and the comparison tables all use it.
+
+A multirun's facts (its id, its MLflow parent run, the keys it varies) are written by the sweep
+callback into a file in the sweep folder, which every job reads from its own config's
+``hydra.sweep.dir``: that reaches jobs in any launcher's processes (joblib's reused workers, submitit
+on other machines), where environment variables set after the workers started would not.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -13,15 +20,16 @@ ENVIRONMENT_KEYS = (
     "paths.",
     "data.npz",
     "data.root",
+    "data.cache_dir",
+    "data.workers",
     "trainer.device",
     "trainer.progress",
     "hydra.",
     "task_name",
 )
 
-# Set by the sweep callback for every job of a multirun; environment variables reach every launcher's workers.
-SWEEP_ENV = "SWEEPLAB_SWEEP_ID"  # the sweep id (MLflow tag sweeplab.sweep)
-SWEPT_ENV = "SWEEPLAB_SWEPT_KEYS"  # the keys the sweep varies, comma-separated
+SWEEP_FILE = ".sweeplab/sweep.json"  # in the sweep folder: {"id", "parent_run_id", "swept"}
+RUN_FILE = ".sweeplab/run_id"  # in a job's folder: the MLflow run it logs to
 
 
 def key_of(override: str) -> str:
@@ -48,12 +56,43 @@ def output_dir() -> Path | None:
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
 
 
+def _multirun_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir)
+    return None
+
+
+def write_sweep(sweep_dir: str | Path, **facts) -> dict:
+    """Record (or update) the sweep's facts for its jobs; returns them all."""
+    path = Path(sweep_dir) / SWEEP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    merged = {**(json.loads(path.read_text()) if path.is_file() else {}), **facts}
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(merged))
+    os.replace(tmp, path)
+    return merged
+
+
+def sweep(sweep_dir: str | Path | None = None) -> dict:
+    """The current multirun's facts (empty outside a multirun or before the callback wrote them)."""
+    sweep_dir = sweep_dir or _multirun_dir()
+    path = Path(sweep_dir) / SWEEP_FILE if sweep_dir else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
 def sweep_id() -> str | None:
-    return os.environ.get(SWEEP_ENV) or None
+    return sweep().get("id")
+
+
+def parent_run_id() -> str | None:
+    return sweep().get("parent_run_id")
 
 
 def swept_keys() -> list[str]:
-    return [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k]
+    return list(sweep().get("swept", []))
 
 
 def run_name(job_overrides: list[str]) -> str:
@@ -61,3 +100,17 @@ def run_name(job_overrides: list[str]) -> str:
     swept = swept_keys()
     keep = [o for o in job_overrides if key_of(o) in swept] or experiment_overrides(job_overrides)
     return " ".join(keep)[:250] or "defaults"
+
+
+def record_run(run_id: str) -> None:
+    """Note in the job's folder which MLflow run it logs to (a requeued job finds it there)."""
+    out = output_dir()
+    if out is not None:
+        (out / RUN_FILE).parent.mkdir(parents=True, exist_ok=True)
+        (out / RUN_FILE).write_text(run_id + "\n")
+
+
+def recorded_run(job_dir: str | Path | None = None) -> str | None:
+    """The MLflow run a job folder (default: the current job's) logged to, if it got that far."""
+    path = Path(job_dir or output_dir() or ".") / RUN_FILE
+    return path.read_text().strip() or None if path.is_file() else None

@@ -298,7 +298,7 @@ def _loaders(cfg: DictConfig, data, device: torch.device, seed: int):
     split = data.test if source == "test" else data.val
     if subset and subset < len(split):
         split = Split(split.images[:subset], split.labels[:subset])
-    return train, build.eval_loader(cfg, split, device)
+    return train, build.eval_loader(cfg, split, device, data=data)
 
 
 def _write_history(result: RunResult, path: Path) -> None:
@@ -315,6 +315,7 @@ def find(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     run could suggest an lr.
     """
     validate(cfg)
+    tracking.protect(cfg)
     lr_finder, trainer = cfg.lr_finder, cfg.trainer
     device = build.device_of(cfg)
     data = build.load_data(cfg)
@@ -344,7 +345,7 @@ def find(cfg: DictConfig, out_dir: Path | None = None) -> dict:
         for i in range(lr_finder.runs):
             seed = int(lr_finder.seed) + i
             seed_everything(seed, trainer.deterministic)
-            model = build.build_model(cfg, device)  # never the objects a training run uses
+            model = build.build_model(cfg, device, data.num_classes)  # never the objects a training run uses
             optimizer = build.build_optimizer(cfg, model)
             train_loader.seed = seed
             result = _one_run(

@@ -4,9 +4,9 @@
 - Failed trials: a job that fails returns NaN (see sweeplab.run); Optuna 2.x refuses to be told
   NaN, and the plugin then crashes the whole study. The callback turns such a job into a failed
   Hydra job, which the sweeper records as a FAIL trial, so the study goes on.
-- The result: the best params and value are printed and logged to MLflow as one run, named
-  ``optuna <sweep id>``, with the sweeper's ``optimization_results.yaml`` and a table of all trials;
-  the best trial's own run gets the tag ``sweeplab.optuna.best=true``.
+- The result: the best params and value are printed and logged to the sweep's parent run (params
+  ``best.*``, metric ``optuna.best_value``, the sweeper's ``optimization_results.yaml`` and a table
+  of all trials under ``optuna/``); the best trial's own run gets the tag ``sweeplab.optuna.best=true``.
 
 The study itself lives in memory (Optuna 2.x cannot store it in SQL under SQLAlchemy 2): every
 trial is a complete MLflow run, which is the durable record.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus
@@ -27,7 +26,6 @@ from sweeplab import job, tracking
 
 log = logging.getLogger(__name__)
 
-STUDY_TAG = "sweeplab.optuna.sweep"  # on the summary run: the sweep id of the study's trials
 BEST_TAG = "sweeplab.optuna.best"  # on the best trial's run
 RESULTS_FILE = "optimization_results.yaml"  # written by the sweeper into the sweep folder
 
@@ -39,7 +37,8 @@ class TrialFailed(RuntimeError):
 class OptunaReport(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         searched = list((config.hydra.sweeper.get("params") or {}).keys())
-        os.environ[job.SWEPT_ENV] = ",".join(dict.fromkeys(job.swept_keys() + searched))
+        sweep_dir = config.hydra.sweep.dir
+        job.write_sweep(sweep_dir, swept=list(dict.fromkeys(job.sweep(sweep_dir).get("swept", []) + searched)))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
         value = job_return._return_value
@@ -53,10 +52,10 @@ class OptunaReport(Callback):
             log.warning(f"no {path}: the study ended without a result")
             return
         results = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        sweep_id = job.sweep_id()
+        facts = job.sweep(config.hydra.sweep.dir)
         best_run = None
         try:
-            best_run = log_study(config, results, path, sweep_id)
+            best_run = log_study(config, results, path, facts.get("id"), facts.get("parent_run_id"))
         except Exception as err:  # the result is on disk and printed below; MLflow is a bonus here
             log.error(f"could not log the Optuna result to MLflow: {str(err).splitlines()[0]}")
         if "best_params" in results:
@@ -72,10 +71,10 @@ def _direction(config: DictConfig) -> str:
     return "max" if str(getattr(direction, "name", direction)) == "maximize" else "min"
 
 
-def log_study(config: DictConfig, results: dict, results_path: Path, sweep_id: str | None) -> str | None:
-    """One MLflow run that holds the study's outcome; returns the best trial's run id (if known)."""
+def log_study(config: DictConfig, results: dict, results_path: Path, sweep_id: str | None, parent: str | None):
+    """The study's outcome on the sweep's parent run; returns the best trial's run id (if known)."""
     experiment_id = tracking.setup(config.tracking)
-    runs = tracking.sweep_runs(experiment_id, sweep_id) if sweep_id else []
+    runs = [r for r in tracking.sweep_runs(experiment_id, sweep_id) if r.run_id != parent] if sweep_id else []
     objective = str(config.objective)
     scored = [r for r in runs if r.status == "FINISHED" and objective in r.metrics]
     best = None
@@ -83,31 +82,26 @@ def log_study(config: DictConfig, results: dict, results_path: Path, sweep_id: s
         pick = max if _direction(config) == "max" else min
         best = pick(scored, key=lambda r: r.metrics[objective])
         tracking.set_tags({BEST_TAG: "true"}, best.run_id)
+    if parent is None:
+        return best.run_id if best is not None else None
 
     space = config.hydra.sweeper.get("params") or {}
     table = ["run_id,status," + ",".join(space) + f",{objective}"]
     for r in runs:
         values = [r.params.get(k, "") for k in space]
         table.append(",".join([r.run_id, r.status, *values, str(r.metrics.get(objective, ""))]))
-
-    tags = {
-        STUDY_TAG: sweep_id or "",
-        "sweeplab.optuna.objective": objective,
-        "sweeplab.optuna.direction": _direction(config),
-    }
+    tags = {"sweeplab.optuna.objective": objective, "sweeplab.optuna.direction": _direction(config)}
     if best is not None:
         tags["sweeplab.optuna.best_run"] = best.run_id
-    with tracking.run(experiment_id, f"optuna {sweep_id or ''}".strip(), tags=tags):
-        params = {f"best.{k}": v for k, v in results.get("best_params", {}).items()}
-        params["n_trials"] = len(runs)
-        params["search_space"] = "; ".join(f"{k}: {v}" for k, v in space.items())
-        tracking.log_params(params)
-        tracking.log_metrics(
-            {
-                "optuna.best_value": results.get("best_value"),
-                "optuna.finished_trials": sum(r.status == "FINISHED" for r in runs),
-            }
-        )
-        tracking.log_files([results_path], "optuna")
-        tracking.log_text("\n".join(table) + "\n", "optuna/trials.csv")
+    tracking.set_tags(tags, parent)
+    params = {f"best.{k}": v for k, v in results.get("best_params", {}).items()}
+    params["n_trials"] = len(runs)
+    params["search_space"] = "; ".join(f"{k}: {v}" for k, v in space.items())
+    tracking.log_params(params, parent)
+    finished = sum(r.status == "FINISHED" for r in runs)
+    tracking.log_metrics(
+        {"optuna.best_value": results.get("best_value"), "optuna.finished_trials": finished}, 0, parent
+    )
+    tracking.log_files([results_path], "optuna", parent)
+    tracking.log_text("\n".join(table) + "\n", "optuna/trials.csv", parent)
     return best.run_id if best is not None else None

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 def report(cfg: DictConfig) -> compare.Report:
     """Write (and log) the report of ``cfg.sweep`` (``latest``: the newest sweep)."""
+    tracking.protect(cfg)
     experiment_id = tracking.find_experiment(cfg.tracking)
     if experiment_id is None:
         raise ConfigError(f"no experiment {cfg.tracking.experiment!r} in the MLflow store {tracking.tracking_uri()}")
@@ -31,7 +32,7 @@ def report(cfg: DictConfig) -> compare.Report:
             )
     out = cfg.out
     if out is None:
-        previous = compare.find_report_run(experiment_id, sweep_id)
+        previous = tracking.sweep_parent(experiment_id, sweep_id)
         out = previous and previous.tags.get(compare.REPORT_DIR_TAG)
         if not out or not Path(out).parent.is_dir():
             out = Path(cfg.paths.log_dir) / "reports" / sweep_id

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab import build, checkpoint, job, plots, tracking
+from sweeplab.classifier import Classifier
 from sweeplab.data import Dataset
 from sweeplab.engine import Trainer, seed_everything
 from sweeplab.errors import ConfigError
@@ -25,7 +28,21 @@ def train(cfg: DictConfig) -> float:
         return fit(config_of(cfg.resume, cfg), resume=str(cfg.resume))
     if cfg.get("reproduce"):
         return fit(config_of(cfg.reproduce, cfg))
+    requeued = unfinished_run_of_this_job(cfg)
+    if requeued:
+        log.info(f"this job ran before (a requeued cluster job): resuming its run {requeued}")
+        return fit(cfg, resume=requeued)
     return fit(cfg)
+
+
+def unfinished_run_of_this_job(cfg: DictConfig) -> str | None:
+    """The run this very job folder started and did not finish, with a checkpoint to resume from: a
+    job that submitit requeued after a preemption or time limit reruns in its own folder."""
+    run_id = job.recorded_run()
+    if run_id is None or not (Path(cfg.paths.checkpoint_dir) / run_id / "last.pt").is_file():
+        return None
+    tracking.setup(cfg.tracking)
+    return run_id if tracking.get_run(run_id).status != "FINISHED" else None
 
 
 def config_of(run_id: str, current: DictConfig) -> DictConfig:
@@ -55,6 +72,7 @@ def fit(cfg: DictConfig, resume: str | None = None) -> float:
     run is created. ``resume`` reopens that MLflow run and continues from its last checkpoint.
     """
     validate(cfg)
+    tracking.protect(cfg)
     device = build.device_of(cfg)
     state = None
     if resume:
@@ -68,6 +86,8 @@ def fit(cfg: DictConfig, resume: str | None = None) -> float:
     experiment_id = tracking.setup(cfg.tracking)
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
     trainer = build.build_trainer(cfg, device, data)
+    if state is not None:
+        check_schedule_length(trainer, state, resume, cfg)
     overrides = job.overrides()
     tags, git = {}, tracking.git_state()
     if not resume:
@@ -76,7 +96,9 @@ def fit(cfg: DictConfig, resume: str | None = None) -> float:
             tags["sweeplab.reproduces"] = str(cfg.origin_run)
     name = cfg.tracking.get("run_name") or job.run_name(overrides)
 
-    with tracking.run(experiment_id, name, run_id=resume, tags=tags) as run_id:
+    system_metrics = bool(cfg.tracking.get("system_metrics"))
+    with tracking.run(experiment_id, name, resume, tags, job.parent_run_id(), system_metrics) as run_id:
+        job.record_run(run_id)
         ckpt_dir = Path(cfg.paths.checkpoint_dir) / run_id
         trainer.checkpoint_dir = ckpt_dir
         trainer.callbacks.append(tracking.MlflowLogger(run_id))
@@ -93,19 +115,45 @@ def fit(cfg: DictConfig, resume: str | None = None) -> float:
             err.hint = f"run {run_id} is KILLED, its last checkpoint kept; continue: python train.py resume={run_id}"
             raise
         finally:
-            _log_end(trainer, ckpt_dir, run_id)
+            _log_end(trainer, data, ckpt_dir, run_id)
     summary = trainer.summary()
     objective = summary.get(cfg.objective, trainer.history[-1].get(cfg.objective) if trainer.history else None)
     log.info(f"{cfg.objective} = {objective}")
     return float("nan") if objective is None else float(objective)
 
 
+def check_schedule_length(trainer: Trainer, state: dict, run_id: str, cfg: DictConfig) -> None:
+    """A schedule whose length was the run's (one-cycle's total_steps, cosine's T_max) cannot stretch
+    to a different trainer.epochs: say so before the run is reopened. Plateau and none go on."""
+    saved, now = state.get("scheduler") or {}, trainer.scheduler.state_dict() if trainer.scheduler else {}
+    for key in ("total_steps", "T_max"):
+        if key in saved and key in now and saved[key] != now[key]:
+            raise ConfigError(
+                f"run {run_id}'s {type(trainer.scheduler).__name__} was laid out for {key}={saved[key]}, and "
+                f"trainer.epochs={cfg.trainer.epochs} needs {now[key]}: a schedule cannot be stretched; train a new "
+                f"run instead: python train.py reproduce={run_id} trainer.epochs={cfg.trainer.epochs}"
+            )
+
+
 def _log_start(cfg: DictConfig, overrides: list[str], data: Dataset, git: dict, ckpt_dir: Path) -> None:
     run_id = ckpt_dir.name
     tracking.log_params(tracking.flatten(cfg))
+    train_sha256 = data.train.checksum()
+    for split, context in ((data.train, "training"), (data.test, "testing"), (data.val, "validation")):
+        if split is not None:
+            digest = train_sha256 if split is data.train else split.checksum()
+            tracking.log_dataset(
+                f"{data.name}-{context}",
+                split.images.numpy(),
+                split.labels.numpy(),
+                digest,
+                data.source,
+                context,
+                {"classes": ",".join(data.classes)[:5000]},
+            )
     tracking.set_tags(
         {
-            "sweeplab.data.train_sha256": data.train.checksum(),
+            "sweeplab.data.train_sha256": train_sha256,
             "sweeplab.data.train_size": len(data.train),
             "sweeplab.data.test_size": len(data.test),
             "sweeplab.checkpoint_dir": str(ckpt_dir),
@@ -115,7 +163,7 @@ def _log_start(cfg: DictConfig, overrides: list[str], data: Dataset, git: dict, 
         tracking.log_text(git["diff"], "git/diff.patch")
     # The config as composed (re-runnable with --config-dir), resolved, and Hydra's own record.
     rerunnable = OmegaConf.merge({"defaults": ["_self_", {"hydra": "default"}]}, cfg, {"origin_run": run_id})
-    tracking.log_text(OmegaConf.to_yaml(rerunnable), "config/config.yaml")
+    tracking.log_text(OmegaConf.to_yaml(tracking.masked_config(rerunnable)), "config/config.yaml")
     tracking.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
     tracking.log_text("\n".join(overrides) + "\n", "config/overrides.txt")
     if HydraConfig.initialized():
@@ -124,14 +172,24 @@ def _log_start(cfg: DictConfig, overrides: list[str], data: Dataset, git: dict, 
             tracking.log_folder(hydra_dir, "hydra")
 
 
-def _log_end(trainer: Trainer, ckpt_dir: Path, run_id: str) -> None:
-    """Figures, checkpoint and console log, also for a run that failed half way."""
+def _log_end(trainer: Trainer, data: Dataset, ckpt_dir: Path, run_id: str) -> None:
+    """Figures, the best weights as an MLflow model, and the console log, also for a run that failed half way."""
     if trainer.history:
         tracking.log_figure(plots.curves_figure({run_id[:8]: trainer.history}), "plots/curves.png")
     best = ckpt_dir / "best.pt"
     if best.is_file():
-        tracking.log_files([best], "checkpoints")
+        tracking.log_model(best_model(trainer, best, data.classes), data.test.images[:2].numpy())
     if HydraConfig.initialized():
         log_file = job.output_dir() / f"{HydraConfig.get().job.name}.log"
         if log_file.is_file():
             tracking.log_files([log_file], "logs")
+
+
+def best_model(trainer: Trainer, best: Path, classes) -> Classifier:
+    """The trained network with its best weights and its input normalization, on the CPU: what MLflow
+    keeps as the run's model (uint8 images in, class indices out)."""
+    net = copy.deepcopy(trainer.model).to("cpu", memory_format=torch.contiguous_format)
+    build.load_weights(net, checkpoint.load(best, map_location="cpu"))
+    loader = trainer.test_loader
+    mean, std = (loader.mean / 255).flatten().cpu(), (loader.std / 255).flatten().cpu()
+    return Classifier(net, mean, std, classes).eval()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sweeplab.errors import ConfigError
 
@@ -71,12 +72,12 @@ def validate(cfg: DictConfig) -> None:
     _positive_int(data.val_split, "data.val_split", minimum=0)
     if trainer.precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision={trainer.precision!r} must be one of {', '.join(PRECISIONS)}")
-    if not 0.0 <= float(trainer.label_smoothing) < 1.0:
-        raise ConfigError(f"trainer.label_smoothing={trainer.label_smoothing} must lie in [0, 1)")
-    if not 0.0 < float(cfg.target_acc) <= 1.0:
-        raise ConfigError(f"target_acc={cfg.target_acc} must lie in (0, 1] (a fraction, e.g. 0.88)")
+    if not (_number(trainer.label_smoothing) and 0.0 <= trainer.label_smoothing < 1.0):
+        raise ConfigError(f"trainer.label_smoothing={trainer.label_smoothing!r} must lie in [0, 1)")
+    if not (_number(cfg.target_acc) and 0.0 < cfg.target_acc <= 1.0):
+        raise ConfigError(f"target_acc={cfg.target_acc!r} must lie in (0, 1] (a fraction, e.g. 0.88)")
     lr = cfg.optimizer.get("lr")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+    if not (_number(lr) and lr > 0):
         raise ConfigError(f"optimizer.lr={lr!r} must be a positive number")
     if cfg.scheduler:
         if cfg.scheduler.get("interval", "epoch") not in ("epoch", "step"):
@@ -92,6 +93,43 @@ def validate(cfg: DictConfig) -> None:
     _positive_int(aug.crop_padding, "augmentation.crop_padding", minimum=0)
     if aug.pad_mode not in ("zeros", "reflect"):
         raise ConfigError(f"augmentation.pad_mode={aug.pad_mode!r} must be zeros or reflect")
-    if len(data.mean) != 3 or len(data.std) != 3 or min(data.std) <= 0:
-        raise ConfigError("data.mean and data.std must be three numbers each, std > 0")
+    _check_data(data)
     resolve_device(trainer.device)
+
+
+DATA_SETS = ("cifar10", "cifar100", "image_folder")
+
+
+def _number(value) -> bool:
+    """``value`` is a finite int or float (not a bool, a string or NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _numbers(value, n: int) -> bool:
+    """``value`` is a list of ``n`` finite numbers."""
+    return isinstance(value, (list, tuple, ListConfig)) and len(value) == n and all(_number(v) for v in value)
+
+
+def _check_data(data: DictConfig) -> None:
+    """The data options: normalization (null = from the data) and, for an image folder, its settings."""
+    if (data.mean is None) != (data.std is None):
+        raise ConfigError("data.mean and data.std must both be set or both be null (null: computed from the data)")
+    if data.mean is not None and not (_numbers(data.mean, 3) and _numbers(data.std, 3) and min(data.std) > 0):
+        raise ConfigError("data.mean and data.std must be three numbers each, std > 0 (or both null)")
+    _positive_int(data.num_classes, "data.num_classes", optional=True)
+    name = data.get("name", "cifar10")
+    if name not in DATA_SETS:
+        raise ConfigError(f"data.name={name!r} must be one of {', '.join(DATA_SETS)}")
+    if name != "image_folder":
+        return
+    if data.path is None or not str(data.path).strip():
+        raise ConfigError("data.path is not set: data=image_folder needs data.path=<a folder of class folders>")
+    _positive_int(data.image_size, "data.image_size")
+    _positive_int(data.get("workers"), "data.workers", optional=True)
+    _positive_int(data.split_seed, "data.split_seed", minimum=0)
+    fraction = data.test_fraction
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(f"data.test_fraction={fraction!r} must lie in (0, 1)")
+    for key, allowed in (("resize", ("stretch", "crop")), ("bad_images", ("skip", "error"))):
+        if data[key] not in allowed:
+            raise ConfigError(f"data.{key}={data[key]!r} must be one of {', '.join(allowed)}")

@@ -1,11 +1,18 @@
-"""What happens around a multirun (the Hydra callback set in conf/hydra/default.yaml): every job's
-config and the store are checked before the first job starts, the jobs get one sweep id, the sweep's
-comparison is written when the last job has run, and failed jobs become the command's exit code."""
+"""What happens around a multirun (the Hydra callback set in conf/hydra/default.yaml).
+
+Before the first job: every job's config and the store are checked, and the sweep gets an id and
+an MLflow parent run, named after what it varies; every job's run is nested under it (its id
+reaches the jobs through the sweep folder, see sweeplab.job). After the last job: the comparison is
+logged to the parent, which records the best value and the child that holds it and how many jobs
+finished and failed; the best child's model is registered; the parent ends FINISHED, or FAILED
+naming the failed jobs, which also become the command's exit code.
+"""
 
 from __future__ import annotations
 
+import atexit
 import logging
-import os
+import sys
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -42,27 +49,52 @@ def validate_jobs(config: DictConfig, parsed) -> None:
                 raise ConfigError(f"job {' '.join(overrides)}: {err}") from None
 
 
-class SweepCallback(Callback):
-    """Environment variables set here reach every launcher's workers."""
+def sweep_name(parsed, config: DictConfig) -> str:
+    """``sweep optimizer.lr=1e-2,9.33e-3`` (what the sweep varies; an Optuna search names its space)."""
+    swept = [o.input_line for o in parsed if o.is_sweep_override()]
+    searched = list((config.hydra.get("sweeper", {}).get("params") or {}).keys())
+    if searched:
+        swept.append("search " + ",".join(searched))
+    return ("sweep " + " ".join(swept or ["(no swept values)"]))[:250]
 
+
+def registered_name(config: DictConfig, best: tracking.Run) -> str:
+    """``tracking.registered_model``, else ``<data>-<model>`` of the best run (e.g. cifar10-resnet18)."""
+    if config.tracking.get("registered_model"):
+        return str(config.tracking.registered_model)
+    params = best.params
+    model = params.get("model.name") or params.get("model._target_", "model").rsplit(".", 1)[-1]
+    return f"{params.get('data.name', 'data')}-{model}"
+
+
+class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        tracking.protect(config)  # from here on, Hydra's own log lines of each job's overrides are masked too
         parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
         try:  # before any job starts: every job's config, and the store they will all log to
             validate_jobs(config, parsed)
-            tracking.check_reachable(tracking.store_uri(config.tracking))
+            experiment_id = tracking.setup(config.tracking)
         except ConfigError as err:
             errors.fail(err)
-        os.environ.setdefault(job.SWEEP_ENV, new_sweep_id())
-        os.environ[job.SWEPT_ENV] = ",".join(o.get_key_element() for o in parsed if o.is_sweep_override())
-        log.info(f"sweep {job.sweep_id()}: MLflow runs tagged {tracking.SWEEP_TAG}={job.sweep_id()}")
+        sweep_id = new_sweep_id()
+        tags = tracking.tags_for(config, list(config.hydra.overrides.task), sweep_id, tracking.git_state())
+        parent = tracking.create_run(experiment_id, sweep_name(parsed, config), {**tags, tracking.KIND_TAG: "sweep"})
+        swept = [o.get_key_element() for o in parsed if o.is_sweep_override()]
+        job.write_sweep(config.hydra.sweep.dir, id=sweep_id, parent_run_id=parent, swept=swept)
+        atexit.register(_abandoned, parent)
+        log.info(f"sweep {sweep_id}: MLflow parent run {parent}, jobs tagged {tracking.SWEEP_TAG}={sweep_id}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        sweep_id = job.sweep_id()
-        if not sweep_id:
-            return
         sweep_dir = Path(config.hydra.sweep.dir)
+        facts = job.sweep(sweep_dir)
+        if not facts:
+            return
+        sweep_id, parent = facts["id"], facts["parent_run_id"]
+        atexit.unregister(_abandoned)
         # Jobs that failed before their MLflow run existed leave only this file in their folder.
-        failed_jobs = sorted(p.parent.name for p in sweep_dir.glob(f"*/{errors.FAILED_MARKER}"))
+        failed_jobs = sorted(
+            p.parent.name for p in sweep_dir.glob(f"*/{errors.FAILED_MARKER}") if not job.recorded_run(p.parent)
+        )
         try:
             experiment_id = tracking.setup(config.tracking)
             runs = compare.job_runs(experiment_id, sweep_id)
@@ -74,8 +106,55 @@ class SweepCallback(Callback):
             except Exception as err:
                 log.error(f"sweep {sweep_id}: could not write the report: {type(err).__name__}: {err}")
         failed = [f"{r.name} ({r.status})" for r in runs if r.status != "FINISHED"]
-        log.info(f"sweep {sweep_id}: {len(runs) - len(failed)} of {len(runs)} runs FINISHED")
-        if failed or failed_jobs:
-            jobs = f"; failed jobs (see their folders in {sweep_dir}): {', '.join(failed_jobs)}" if failed_jobs else ""
-            what = ", ".join(failed) or "no run FAILED in MLflow"
-            errors.fail(RunFailed(f"sweep {sweep_id} did not finish: {what}{jobs}"))
+        failed += [f"job {name} (failed before its run started)" for name in failed_jobs]
+        finish(config, parent, runs, failed)
+        log.info(
+            f"sweep {sweep_id}: {len(runs) + len(failed_jobs) - len(failed)} of "
+            f"{len(runs) + len(failed_jobs)} jobs FINISHED"
+        )
+        if failed:
+            errors.fail(RunFailed(f"sweep {sweep_id} did not finish: {', '.join(failed)} (see {sweep_dir})"))
+
+
+def finish(config: DictConfig, parent: str, runs: list[tracking.Run], failed: list[str]) -> None:
+    """The sweep's outcome on its parent run; the best job's model registered; the parent ended."""
+    metric, direction = str(config.tracking.best_metric), str(config.tracking.best_direction)
+    scored = [r for r in reversed(runs) if r.status == "FINISHED" and metric in r.metrics]  # ties: the newest
+    best = (max if direction == "max" else min)(scored, key=lambda r: r.metrics[metric]) if scored else None
+    jobs = len(runs) + sum(f.startswith("job ") for f in failed)
+    tracking.log_metrics(
+        {"sweep.jobs": jobs, "sweep.jobs_finished": jobs - len(failed), "sweep.jobs_failed": len(failed)}, run_id=parent
+    )
+    tags = {"sweeplab.sweep.best_metric": metric}
+    if best is not None:
+        tracking.log_metrics({"sweep.best_value": best.metrics[metric]}, run_id=parent)
+        tags.update({"sweeplab.sweep.best_run": best.run_id, "sweeplab.sweep.best_run_name": best.name})
+        if config.tracking.get("register", True) and tracking.model_uri(best.run_id):
+            name = registered_name(config, best)
+            version, moved = tracking.register_best(name, best, metric, direction)
+            tags.update(
+                {
+                    "sweeplab.registered_model": name,
+                    "sweeplab.registered_version": str(version),
+                    "sweeplab.registered_best": str(moved).lower(),
+                }
+            )
+            holder = tracking.model_alias(name)
+            alias = f"@{tracking.BEST_ALIAS} " + (
+                "moved to it" if moved else f"stays on version {holder and holder[0]}"
+            )
+            log.info(f"registered {name} version {version} ({metric} {best.metrics[metric]:.4f}); {alias}")
+    if failed:
+        tags[tracking.FAILURE_TAG] = f"failed jobs: {', '.join(failed)}"[:5000]
+    tracking.set_tags(tags, parent)
+    tracking.end_run(parent, "FAILED" if failed else "FINISHED")
+
+
+def _abandoned(parent: str) -> None:
+    """At exit, a sweep that never reached its end (interrupted, crashed) leaves its parent KILLED."""
+    try:
+        if tracking.get_run(parent).status == "RUNNING":
+            tracking.set_tags({tracking.FAILURE_TAG: "the sweep stopped before its last job ended"}, parent)
+            tracking.end_run(parent, "KILLED")
+    except Exception as err:  # the interpreter is exiting: say it, but do not mask how it exits
+        print(f"sweeplab: could not mark the sweep's parent run {parent} KILLED: {err}", file=sys.stderr)

@@ -1,0 +1,42 @@
+"""An engine callback that tests put into a run (``+trainer.callbacks.pause._target_=pause.PauseAfterEpoch``)
+to interrupt it at a known point: after epoch ``epoch`` is checkpointed it writes ``flag`` and waits,
+so a test signals or kills a run that is exactly there, however fast or slow the machine is."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from sweeplab.engine import Callback
+
+
+class PauseAfterEpoch(Callback):
+    def __init__(self, epoch: int, flag: str):
+        self.epoch, self.flag = int(epoch), Path(flag)
+
+    def on_epoch_end(self, trainer, metrics: dict) -> None:
+        if metrics["epoch"] != self.epoch:
+            return
+        self.flag.write_text(f"{self.epoch} {os.getpid()}")  # the process to signal (a launcher may start it)
+        while True:  # until the test's signal ends the run
+            time.sleep(0.05)
+
+
+def pause_overrides(epoch: int, flag: Path) -> list[str]:
+    return [
+        f"+trainer.callbacks.pause._target_={__name__}.PauseAfterEpoch",
+        f"+trainer.callbacks.pause.epoch={epoch}",
+        f"+trainer.callbacks.pause.flag={flag}",
+    ]
+
+
+def wait_for(flag: Path, proc, timeout: float = 300) -> None:
+    """Until the paused run has written ``flag`` (its process must still be running)."""
+    deadline = time.monotonic() + timeout
+    while not flag.exists():
+        assert proc.poll() is None, (
+            f"the run ended before its pause: {proc.stderr.read()[-3000:] if proc.stderr else ''}"
+        )
+        assert time.monotonic() < deadline, f"no pause within {timeout} s"
+        time.sleep(0.05)

@@ -1,0 +1,108 @@
+"""Signals end a run KILLED with its last complete epoch checkpointed and the command that continues
+it; a cluster job that submitit requeues resumes its own run. Each run pauses right after a known
+epoch (pause.py) before the test signals it: no timing involved."""
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from apps import run_app
+from conftest import ROOT, TINY, entry_env, mlflow_client, where
+from pause import pause_overrides, wait_for
+
+pytestmark = pytest.mark.slow
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
+# Checkpoints every 2 epochs: a signal after epoch 1 finds no last.pt of epoch 1 on disk until the
+# interrupted run writes it.
+RUN = [*TINY, "trainer.epochs=2", "trainer.checkpoint_every=2", "data.train_limit=100", "data.test_limit=50"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_npz):
+    tmp = tmp_path_factory.mktemp("signals")
+    return {"tmp": tmp, "where": where(tmp, tiny_npz), "client": mlflow_client(tmp / "mlruns")}
+
+
+def metrics_of(client, run_id):
+    return {k: [m.value for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)] for k in METRICS}
+
+
+def named(store, name):
+    client = store["client"]
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("cifar10").experiment_id], f"attributes.run_name = '{name}'"
+    )
+    return run
+
+
+@pytest.fixture(scope="module")
+def reference(store):
+    result = run_app("train.py", *RUN, *store["where"], "tracking.run_name=reference")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return metrics_of(store["client"], named(store, "reference").info.run_id)
+
+
+def start(*args):
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=entry_env(),
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_ends_the_run_killed_with_a_checkpoint_and_how_to_resume(store, reference, tmp_path, signum):
+    name = f"stopped-{signum.name}"
+    flag = tmp_path / "paused"
+    proc = start(*RUN, *store["where"], f"tracking.run_name={name}", *pause_overrides(1, flag))
+    wait_for(flag, proc)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err[-3000:]
+    run = named(store, name)
+    command = f"python train.py resume={run.info.run_id}"
+    assert err.strip().splitlines()[-1].startswith(f"interrupted ({signum.name}): ") and command in err
+    assert run.info.status == "KILLED"
+    assert signum.name in run.data.tags["sweeplab.failure"] and command in run.data.tags["sweeplab.failure"]
+    assert "Traceback" not in err
+    if signum == signal.SIGTERM:  # the resume goes on from epoch 1, which the signal had checkpointed
+        result = run_app("train.py", f"resume={run.info.run_id}", *store["where"])
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert store["client"].get_run(run.info.run_id).info.status == "FINISHED"
+        assert metrics_of(store["client"], run.info.run_id) == reference
+
+
+def test_a_requeued_cluster_job_resumes_its_own_run(store, reference, tmp_path):
+    """submitit's requeue path for real (submitit_local): the timeout signal it uses (SIGUSR2) reaches
+    the job's process after epoch 1; submitit checkpoints and requeues the job, which reruns in its own
+    folder, finds the run it started and resumes it to the end."""
+    flag = tmp_path / "paused"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            "hydra/launcher=submitit_local",
+            "tracking.run_name=requeued",
+            *RUN,
+            *store["where"],
+            *pause_overrides(1, flag),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=entry_env(),
+    )
+    wait_for(flag, proc)
+    _, pid = flag.read_text().split()
+    flag.unlink()
+    subprocess.run(["kill", "-USR2", pid], check=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    run = named(store, "requeued")
+    assert run.info.status == "FINISHED" and run.data.tags.get("sweeplab.resumed_from_epoch") == "1"
+    assert metrics_of(store["client"], run.info.run_id) == reference
