@@ -1,10 +1,13 @@
 """An engine callback that tests put into a run (``+trainer.callbacks.pause._target_=pause.PauseAfterEpoch``)
 to interrupt it at a known point: after epoch ``epoch`` is checkpointed it writes ``flag`` and waits,
-so a test signals or kills a run that is exactly there, however fast or slow the machine is."""
+so a test signals or kills a run that is exactly there, however fast or slow the machine is. With
+``signal`` it sends that signal to its own process there: the same delivery as from outside (a
+scheduler's SIGTERM, a requeue's SIGUSR2), with no other process to start or to wait for."""
 
 from __future__ import annotations
 
 import os
+import signal as signals
 import time
 from pathlib import Path
 
@@ -12,22 +15,25 @@ from sweeplab.engine import Callback
 
 
 class PauseAfterEpoch(Callback):
-    def __init__(self, epoch: int, flag: str):
-        self.epoch, self.flag = int(epoch), Path(flag)
+    def __init__(self, epoch: int, flag: str, signal: str | None = None):
+        self.epoch, self.flag, self.signal = int(epoch), Path(flag), signal
 
     def on_epoch_end(self, trainer, metrics: dict) -> None:
         if metrics["epoch"] != self.epoch:
             return
         self.flag.write_text(f"{self.epoch} {os.getpid()}")  # the process to signal (a launcher may start it)
-        while True:  # until the test's signal ends the run
+        if self.signal:
+            os.kill(os.getpid(), getattr(signals, self.signal))
+        while True:  # until the signal ends the run
             time.sleep(0.05)
 
 
-def pause_overrides(epoch: int, flag: Path) -> list[str]:
+def pause_overrides(epoch: int, flag: Path, signal: str | None = None) -> list[str]:
     return [
         f"+trainer.callbacks.pause._target_={__name__}.PauseAfterEpoch",
         f"+trainer.callbacks.pause.epoch={epoch}",
         f"+trainer.callbacks.pause.flag={flag}",
+        *([f"+trainer.callbacks.pause.signal={signal}"] if signal else []),
     ]
 
 

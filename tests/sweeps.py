@@ -72,16 +72,17 @@ def failed_sweep(tiny_npz) -> dict:
 
 
 def registry_sweeps(tiny_npz) -> dict:
-    """Three sweeps in one store, in order, on the whole tiny data set: ``first`` (one job) registers
-    version 1 and gets @best; ``worse`` (one job at a far too low lr) registers version 2 and leaves
-    @best where it is; ``better`` (1 and 4 epochs) registers its 4-epoch run as version 3 and moves
-    @best to it. explain.py's tests use ``better``, the latest sweep, whose two runs differ clearly."""
+    """Three sweeps in one store, in order: ``first`` (one job, one epoch) registers version 1 and
+    gets @best; ``worse`` (one job at a far too low lr) registers version 2 and leaves @best where it
+    is; ``better`` (1 and 3 epochs on the whole tiny data set) registers its 3-epoch run as version 3
+    and moves @best to it. explain.py's tests use ``better``, the latest sweep, whose two runs differ
+    clearly."""
     root = session_folder()
     with locked(root / "registry.lock"):
         folder = root / "registry"
         plan = {
-            "first": ("optimizer.lr=0.05", "trainer.epochs=2"),
-            "worse": ("optimizer.lr=1e-7", "trainer.epochs=1"),
-            "better": ("optimizer.lr=0.05", "trainer.epochs=1,4"),
+            "first": (("optimizer.lr=0.05", "trainer.epochs=1"), TINY),
+            "worse": (("optimizer.lr=1e-7", "trainer.epochs=1"), SMALL),
+            "better": (("optimizer.lr=0.05", "trainer.epochs=1,3"), TINY),
         }
-        return {name: _run(folder, name, tiny_npz, overrides, TINY) for name, overrides in plan.items()}
+        return {name: _run(folder, name, tiny_npz, overrides, base) for name, (overrides, base) in plan.items()}

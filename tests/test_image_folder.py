@@ -19,46 +19,8 @@ from sweeplab.data import CIFAR100_CLASSES, DataError, channel_stats, scan_image
 from sweeplab.errors import ConfigError
 from sweeplab.settings import validate
 
-from conftest import ROOT, TINY
-
-CLASSES = ("cross", "disc", "square")
-
-
-def draw(label: int, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """An (H, W, 3) uint8 image of class ``label``: a bright block at a class-specific place and colour on
-    noise, so a tiny network learns it whatever the image's size."""
-    w, h = size
-    img = rng.integers(0, 80, size=(h, w, 3), dtype=np.uint8)
-    top, left = [(0.1, 0.1), (0.5, 0.5), (0.1, 0.5)][label % 3]
-    r, c = int(top * h), int(left * w)
-    img[r : r + h * 2 // 5, c : c + w * 2 // 5, label % 3] = 250
-    return img
-
-
-def write_images(folder, label: int, n: int, rng: np.random.Generator, start: int = 0) -> None:
-    """``n`` images of class ``label``: PNG and JPEG in turn, of different sizes (and one grayscale PNG)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(start, start + n):
-        size = (int(rng.integers(20, 64)), int(rng.integers(20, 64)))
-        image = Image.fromarray(draw(label, size, rng))
-        if i % 2:
-            image.save(folder / f"{i:03d}.jpg", quality=95)
-        elif i % 5 == 4:
-            image.convert("L").save(folder / f"{i:03d}.png")
-        else:
-            image.save(folder / f"{i:03d}.png")
-
-
-def make_folder(root, layout: str = "train/test", n_train: int = 12, n_test: int = 4, classes=CLASSES, seed=0):
-    """An image folder: ``train/<class>`` with ``test/<class>`` (or ``val/``), or one tree (``split``)."""
-    rng = np.random.default_rng(seed)
-    for label, name in enumerate(classes):
-        if layout == "split":
-            write_images(root / name, label, n_train + n_test, rng)
-        else:
-            write_images(root / "train" / name, label, n_train, rng)
-            write_images(root / layout.split("/")[1] / name, label, n_test, rng)
-    return root
+from conftest import ROOT
+from images import CLASSES, draw, make_folder, write_images
 
 
 @pytest.fixture(scope="module")
@@ -340,35 +302,3 @@ def test_cifar100_from_an_npz_copy(tmp_path, monkeypatch):
 
 
 # -- end to end -------------------------------------------------------------------------------------------
-def test_training_on_an_image_folder_end_to_end(tmp_path, folder, monkeypatch):
-    """train.py's task in-process: data=image_folder composed through Hydra, one MLflow run that
-    records the folder, and explain's test set rebuilt from the saved config with the class names."""
-    from sweeplab import run
-    from sweeplab.explain import load_test_set
-
-    monkeypatch.chdir(tmp_path)
-    where = [
-        f"tracking.store_dir={tmp_path / 'mlruns'}",
-        f"paths.log_dir={tmp_path / 'outputs'}",
-        f"paths.checkpoint_dir={tmp_path / 'checkpoints'}",
-        f"paths.data_dir={tmp_path / 'data'}",
-    ]
-    tiny = [o for o in TINY if not o.startswith("trainer.batch_size")]
-    overrides = ["data=image_folder", f"data.path={folder}", "data.image_size=16", "trainer.batch_size=12"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, *tiny, *where, "trainer.epochs=2", "optimizer.lr=0.05"])
-    objective = run.train(cfg)
-    assert 0.0 <= objective <= 1.0
-    assert list((tmp_path / "data" / "cache").glob("image_folder-*.npz"))  # under paths.data_dir
-
-    from conftest import mlflow_client
-
-    client = mlflow_client(tmp_path / "mlruns")
-    (r,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
-    assert r.info.status == "FINISHED" and r.data.params["data.name"] == "image_folder"
-    assert r.data.tags["sweeplab.data.train_size"] == "36"
-    saved = OmegaConf.load(client.download_artifacts(r.info.run_id, "config/config.yaml", str(tmp_path)))
-    assert saved.data.num_classes is None  # the saved config takes the classes from the data again
-    assert OmegaConf.to_container(saved.model)["num_classes"] == "${data.num_classes}"
-    test = load_test_set(saved, OmegaConf.create({"npz": None, "root": None, "path": None}))
-    assert test.classes == CLASSES and len(test.test) == 12

@@ -4,25 +4,17 @@ The figures themselves are docs/benchmarks.md's business; this only keeps the be
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, entry_env
+from apps import run_app
 
 pytestmark = pytest.mark.slow  # forks jobs; the PostgreSQL case starts a database and an `mlflow server`
 
 
-def _load(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "load.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=entry_env(),
-        cwd=ROOT.parent,
-    )
+def _load(*args: str):
+    """``python benchmarks/load.py <args>``, its parent in this process (its jobs are processes anyway)."""
+    return run_app("benchmarks/load.py", *args)
 
 
 def _rows(stdout: str) -> list[list[str]]:
@@ -60,5 +52,47 @@ def test_load_benchmark_at_small_n():
 
 
 def test_load_benchmark_fails_loudly_on_bad_options():
-    result = _load("--backends", "oracle", timeout=60)
+    result = _load("--backends", "oracle")
     assert result.returncode == 2 and "unknown backend 'oracle'" in result.stderr
+
+
+def _new_store_job(index: int, store: str, errors) -> None:
+    """One job of the test below, in a process of its own."""
+    from omegaconf import OmegaConf
+
+    from sweeplab import tracking
+
+    try:
+        experiment_id = tracking.setup(OmegaConf.create({"uri": None, "store_dir": store, "experiment": "new"}))
+        with tracking.run(experiment_id, f"job{index}"):
+            for epoch in (1, 2):
+                tracking.log_metrics({"test_acc": 0.5, "train_loss": 1.0}, step=epoch)
+    except Exception as err:
+        errors.put(f"job{index}: {type(err).__name__}: {err}")
+
+
+def test_four_processes_create_one_new_store_at_once(tmp_path):
+    """Four jobs start on a store that does not exist yet: MLflow must create and migrate its tables
+    once (sweeplab.tracking does it under a file lock), and every job's run and metrics land. The
+    processes fork from a server that imported sweeplab once, so they start together, in milliseconds."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["sweeplab.tracking"])
+    errors = ctx.Queue()
+    store = tmp_path / "mlruns"
+    procs = [ctx.Process(target=_new_store_job, args=(i, str(store), errors)) for i in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=300)
+    messages = [errors.get() for _ in range(errors.qsize())] if not errors.empty() else []
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0] and not messages, messages
+    from conftest import mlflow_client
+
+    client = mlflow_client(store)
+    runs = client.search_runs([client.get_experiment_by_name("new").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["job0", "job1", "job2", "job3"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")] == [1, 2]

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from apps import run_app
-from conftest import ROOT, TINY, free_port, mlflow_client, run_entry, stop_process_group
+from conftest import ROOT, TINY, free_port, mlflow_client, stop_process_group
 
 ONE_EPOCH = [*TINY, "trainer.epochs=1", "trainer.checkpoint_every=0"]
 
@@ -222,9 +222,10 @@ def _check_sweep(server: Server, experiment: str, result, n: int, lrs: list[str]
 
 
 @pytest.mark.slow
-def test_submitit_local_sweep_logs_to_a_server(server, workdir):
+def test_submitit_local_sweep_logs_to_a_server(server, workdir, monkeypatch):
     experiment = "submitit"
-    result = run_entry(
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the jobs' processes: one thread each on a small machine
+    result = run_app(
         "train.py",
         "-m",
         "hydra/launcher=submitit_local",
@@ -233,7 +234,6 @@ def test_submitit_local_sweep_logs_to_a_server(server, workdir):
         *workdir["overrides"],
         *ONE_EPOCH,
         "optimizer.lr=0.02,0.01",
-        timeout=240,
     )
     _check_sweep(server, experiment, result, 2, ["0.02", "0.01"])
     local = mlflow_client(workdir["store"])
@@ -241,10 +241,12 @@ def test_submitit_local_sweep_logs_to_a_server(server, workdir):
 
 
 @pytest.mark.slow
-def test_optuna_study_on_joblib_each_trial_a_run_best_params_logged(server, workdir):
+def test_optuna_study_on_joblib_each_trial_a_run_best_params_logged(server, workdir, monkeypatch):
     """Also the joblib launcher (2 trials at a time), finding the server through MLFLOW_TRACKING_URI."""
     fixed = [o for o in ONE_EPOCH if not o.startswith("trainer.batch_size=")]
-    result = run_entry(
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    result = run_app(
         "train.py",
         "-m",
         "hparams_search=optuna_lr",
@@ -257,8 +259,6 @@ def test_optuna_study_on_joblib_each_trial_a_run_best_params_logged(server, work
         *workdir["overrides"],
         *fixed,
         "trainer.batch_size=choice(50,100)",  # replaces the config's choices
-        env={"MLFLOW_TRACKING_URI": server.uri},
-        timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     best_line = [line for line in result.stdout.splitlines() if line.startswith("optuna: best best_test_acc = ")]
