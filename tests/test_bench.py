@@ -8,12 +8,13 @@ import re
 
 import pytest
 
-from conftest import TINY, run_entry
+from apps import run_app
+from conftest import ROOT, TINY
 
 
 @pytest.mark.slow
 def test_benchmark_prints_each_comparison_and_each_recipe(tiny_npz):
-    done = run_entry(
+    done = run_app(
         "benchmarks/bench.py",
         "--npz",
         str(tiny_npz),
@@ -52,3 +53,34 @@ def test_benchmark_prints_each_comparison_and_each_recipe(tiny_npz):
         line = re.search(rf"^\(4\) {recipe}: 2 of {epochs} epochs, [\d,]+ train img/s, [\d.]+ s/epoch .*$", out, re.M)
         assert line, out
         assert re.search(r"20% at epoch [12] after [\d.]+ s of training", line.group(0)), line.group(0)
+
+
+def _gpu_report():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_report", ROOT / "benchmarks" / "gpu_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_report_finds_the_first_epoch_at_each_target_and_the_training_seconds_to_it():
+    from sweeplab.tracking import Run
+
+    report = _gpu_report()
+    accs, times = [0.5, 0.89, 0.87, 0.95, 0.94], [5.0, 2.0, 2.0, 2.0, 2.0]
+    history = [
+        {"epoch": i + 1, "test_acc": a, "epoch_time": t, "eval_time": 0.1, "images_per_sec": 50000 / t}
+        for i, (a, t) in enumerate(zip(accs, times, strict=True))
+    ]
+    run = Run("abc123", "optimizer.lr=0.01", "1", "FINISHED", 1_000, 31_000, {"optimizer.lr": "0.01"})
+    row = report.figures(run, history, [0.88, 0.94, 0.99])
+    assert (row["epoch_to_88"], row["train_s_to_88"]) == (2, 7.0)
+    assert (row["epoch_to_94"], row["train_s_to_94"]) == (4, 11.0)
+    assert row["epoch_to_99"] is None and row["train_s_to_99"] is None
+    assert (row["best_acc"], row["best_epoch"]) == (0.95, 4)
+    assert row["s_per_epoch"] == 13.0 / 5 and row["s_per_epoch_after_first"] == 2.0
+    assert row["images_per_s"] == 25000 and row["wall_s"] == 30.0 and row["train_s"] == 13.0
+    table = report.markdown([row], [0.88, 0.94, 0.99])
+    assert "| optimizer.lr=0.01 | FINISHED | 5 | 95.00% (4) | 2, 7.0 | 4, 11.0 | -, - |" in table
+    assert "50.00 89.00 87.00 95.00 94.00" in table

@@ -525,6 +525,11 @@ def has_runs(experiment_id: str) -> bool:
     return bool(_search(experiment_id, max_results=1))
 
 
+def all_runs(experiment_id: str) -> list[Run]:
+    """Every run of an experiment, oldest first."""
+    return _search(experiment_id, order_by=["attributes.start_time ASC"])
+
+
 def sweep_runs(experiment_id: str, sweep_id: str) -> list[Run]:
     """All runs of one sweep, oldest first."""
     return _search(experiment_id, f"tags.`{SWEEP_TAG}` = '{sweep_id}'", ["attributes.start_time ASC"])
