@@ -67,8 +67,9 @@ def two_run_sweep(tiny_npz) -> dict:
 
 
 def failed_sweep(tiny_npz) -> dict:
-    """lr=1e6 drives the training loss to NaN within the epoch's 10 steps: that job's run ends FAILED."""
-    return run_sweep(tiny_npz, "one_failed", "optimizer.lr=0.05,1e6", "trainer.epochs=1", "trainer.batch_size=10")
+    """lr=1e6 drives the training loss to NaN within the epoch's 10 steps: that job's run ends FAILED,
+    and the job after it (lr 0.05) still runs: a sweep goes on past a failed job."""
+    return run_sweep(tiny_npz, "one_failed", "optimizer.lr=1e6,0.05", "trainer.epochs=1", "trainer.batch_size=10")
 
 
 def registry_sweeps(tiny_npz) -> dict:

@@ -96,3 +96,40 @@ def test_four_processes_create_one_new_store_at_once(tmp_path):
     for run in runs:
         assert run.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")] == [1, 2]
+
+
+def test_a_dataset_a_parallel_job_inserted_first_is_linked_again(tmp_path, monkeypatch):
+    """Two jobs of a sweep on a PostgreSQL-backed server log the same data set at once: the server
+    refuses the second insert (duplicate key, HTTP 400; seen in CI's submitit test). The job links
+    the dataset again instead of failing."""
+    import numpy as np
+    from mlflow.exceptions import MlflowException
+    from omegaconf import OmegaConf
+
+    from sweeplab import tracking
+
+    from conftest import new_store
+
+    new_store(tmp_path)
+    experiment_id = tracking.setup(OmegaConf.create({"uri": None, "store_dir": str(tmp_path), "experiment": "race"}))
+    real, calls = tracking.mlflow.log_input, []
+
+    def refused_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise MlflowException('BAD_REQUEST: duplicate key value violates unique constraint "dataset_pk"')
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracking.mlflow, "log_input", refused_once)
+    images, labels = np.zeros((4, 2, 2, 3), np.uint8), np.arange(4)
+    with tracking.run(experiment_id, "racer") as run_id:
+        tracking.log_dataset("tiny-training", images, labels, "ab" * 32, str(tmp_path / "x.npz"), "training")
+    inputs = tracking.MlflowClient().get_run(run_id).inputs.dataset_inputs
+    assert len(calls) == 2 and [d.dataset.name for d in inputs] == ["tiny-training"]
+
+    def refused(*args, **kwargs):
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST: no run")
+
+    monkeypatch.setattr(tracking.mlflow, "log_input", refused)  # any other refusal still fails the job
+    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"), tracking.run(experiment_id, "other"):
+        tracking.log_dataset("tiny-training", images, labels, "ab" * 32, str(tmp_path / "x.npz"), "training")

@@ -144,6 +144,7 @@ def test_a_sweep_with_a_failed_run_still_reports(failed):
     result = failed["result"]
     assert result.returncode == 1, result.stderr[-3000:]  # the failure still sets the exit code
     runs = {float(r.data.params["optimizer.lr"]): r for r in job_runs(failed)}
+    assert list(runs) == [1e6, 0.05]  # the job after the failed one ran: the sweep went on
     bad = runs[1e6].info.run_name  # Hydra spells the value its own way (1000000.0)
     assert f"did not finish: {bad} (FAILED)" in result.stderr
     rows = {r["run"]: r for r in read_csv(failed)}

@@ -261,7 +261,7 @@ def _experiment(client: MlflowClient, tracking: DictConfig, uri: str) -> str:
         try:
             client.set_experiment_tag(exp.experiment_id, "sweeplab.last_used", time.strftime("%Y-%m-%dT%H:%M:%S"))
         except MlflowException as err:  # a parallel job wrote the same tag at that instant: the store takes writes
-            if "unique" not in str(err).lower():
+            if not _duplicate_key(err):
                 raise
         return exp.experiment_id
     location = None
@@ -683,7 +683,20 @@ def log_dataset(name: str, images, labels, sha256: str, source: str, context: st
     with _quiet():  # MLflow registers its local-file source twice and says so
         source_obj = resolve_dataset_source(source)
     dataset = mlflow.data.from_numpy(images, targets=labels, name=name, digest=sha256[:MAX_DIGEST], source=source_obj)
-    mlflow.log_input(dataset, context=context, tags={"sha256": sha256, **(tags or {})})
+    try:
+        mlflow.log_input(dataset, context=context, tags={"sha256": sha256, **(tags or {})})
+    except MlflowException as err:
+        # Parallel jobs of a sweep on a server with a PostgreSQL store: both find the dataset new and
+        # insert it, the second is refused (duplicate key). Now it exists: link it again.
+        if not _duplicate_key(err):
+            raise
+        mlflow.log_input(dataset, context=context, tags={"sha256": sha256, **(tags or {})})
+
+
+def _duplicate_key(err: Exception) -> bool:
+    """A write refused because a parallel job wrote the same row first (PostgreSQL, MySQL, SQLite)."""
+    text = str(err).lower()
+    return "unique" in text or "duplicate" in text
 
 
 @contextmanager
