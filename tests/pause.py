@@ -13,6 +13,10 @@ from pathlib import Path
 
 from sweeplab.engine import Callback
 
+# How long a paused run waits for the signal that ends it before it gives up with an error: a test
+# that never signals, or a signal the process ignores, fails the test instead of hanging the suite.
+WAIT_S = 300
+
 
 class PauseAfterEpoch(Callback):
     def __init__(self, epoch: int, flag: str, signal: str | None = None):
@@ -22,10 +26,14 @@ class PauseAfterEpoch(Callback):
         if metrics["epoch"] != self.epoch:
             return
         self.flag.write_text(f"{self.epoch} {os.getpid()}")  # the process to signal (a launcher may start it)
+        wait = WAIT_S
         if self.signal:
             os.kill(os.getpid(), getattr(signals, self.signal))
-        while True:  # until the signal ends the run
+            wait = 30  # a signal to oneself arrives at once
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:  # until the signal ends the run
             time.sleep(0.05)
+        raise RuntimeError(f"paused after epoch {self.epoch}: no signal ended the run within {wait} s")
 
 
 def pause_overrides(epoch: int, flag: Path, signal: str | None = None) -> list[str]:

@@ -35,6 +35,15 @@ def named(store, name):
     return run
 
 
+@pytest.fixture
+def terminal_sigint():
+    """SIGINT handled as in a terminal (Python's KeyboardInterrupt): a suite started in the background
+    by a non-interactive shell inherits SIGINT ignored, and Python leaves it so."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module")
 def reference(store):
     result = run_app("train.py", *RUN, *store["where"], "tracking.run_name=reference")
@@ -43,7 +52,9 @@ def reference(store):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
-def test_a_signal_ends_the_run_killed_with_a_checkpoint_and_how_to_resume(store, reference, tmp_path, signum):
+def test_a_signal_ends_the_run_killed_with_a_checkpoint_and_how_to_resume(
+    store, reference, tmp_path, signum, terminal_sigint
+):
     name = f"stopped-{signum.name}"
     result = run_app(
         "train.py",
