@@ -124,7 +124,7 @@ def params_like_a_config(job: int) -> dict[str, str]:
         "data.mean": "[0.4914, 0.4822, 0.4465]",
         "data.std": "[0.247, 0.2435, 0.2616]",
         "tracking.experiment": "load",
-        "paths.checkpoint_dir": "/work/checkpoints",
+        "paths.checkpoint_dir": "/srv/sweeplab/checkpoints",
     }
     for i in range(N_PARAMS - len(base)):
         base[f"group{i // 10}.key{i % 10}"] = f"value-{i}-{job}"
