@@ -683,14 +683,15 @@ def log_dataset(name: str, images, labels, sha256: str, source: str, context: st
     with _quiet():  # MLflow registers its local-file source twice and says so
         source_obj = resolve_dataset_source(source)
     dataset = mlflow.data.from_numpy(images, targets=labels, name=name, digest=sha256[:MAX_DIGEST], source=source_obj)
+    input_tags = {"sha256": sha256, **(tags or {})}
     try:
-        mlflow.log_input(dataset, context=context, tags={"sha256": sha256, **(tags or {})})
+        mlflow.log_input(dataset, context=context, tags=input_tags)
     except MlflowException as err:
         # Parallel jobs of a sweep on a server with a PostgreSQL store: both find the dataset new and
         # insert it, the second is refused (duplicate key). Now it exists: link it again.
         if not _duplicate_key(err):
             raise
-        mlflow.log_input(dataset, context=context, tags={"sha256": sha256, **(tags or {})})
+        mlflow.log_input(dataset, context=context, tags=input_tags)
 
 
 def _duplicate_key(err: Exception) -> bool:
