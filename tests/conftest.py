@@ -5,6 +5,7 @@ them in this process)."""
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import shutil
 import signal
@@ -19,6 +20,11 @@ import pytest
 from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parents[1]
+# The test session's processes exit without seconds of final garbage collection (fast_exit/sitecustomize.py):
+# the xdist workers, started after this import, and every process a test starts inherit the path.
+FAST_EXIT = ROOT / "tests" / "fast_exit"
+if str(FAST_EXIT) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FAST_EXIT), os.environ.get("PYTHONPATH")]))
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # A model small enough that an epoch over the tiny data set takes about a second on one core.
 TINY = [
@@ -58,12 +64,55 @@ settings.register_profile("thorough", max_examples=1000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-def pytest_configure(config):
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One thread, as in the entry points tests start (OMP_NUM_THREADS=1): runs in this process and in
+    subprocesses compute the same numbers, and two xdist workers do not thrash two cores. (A fixture,
+    not pytest_configure: the xdist controller runs no test and need not import torch.)"""
     import torch
 
-    # One thread, as in the entry points tests start (OMP_NUM_THREADS=1): runs in this process and in
-    # subprocesses compute the same numbers, and two xdist workers do not thrash two cores.
     torch.set_num_threads(1)
+
+
+# Seconds each test file takes on the 2-core development machine (measured 2026-11-27): (whole suite,
+# in-process tier `-m "not slow"`). xdist hands out whole files (--dist loadfile, in collection order:
+# --no-loadscope-reorder); the heaviest first lets both workers finish together. A file not listed
+# goes last; a rough figure is enough.
+FILE_SECONDS = {
+    "test_scale_out.py": (80, 5.5),
+    "test_browser.py": (50, 0),
+    "test_explain.py": (46, 0),  # builds sweeps.registry_sweeps, which test_registry.py reads much later
+    "test_signals.py": (42, 0),
+    "test_reproduce.py": (34, 0),
+    "test_resume.py": (28, 0),
+    "test_find_lr.py": (26, 4.6),
+    "test_train.py": (22, 6.2),
+    "test_chain.py": (20, 0),
+    "test_secrets.py": (19, 0),
+    "test_load.py": (19, 0),
+    "test_bench.py": (18, 0),
+    "test_registry.py": (18, 0),
+    "test_config.py": (15, 8.6),
+    "test_redact.py": (13, 6.7),
+    "test_report.py": (12, 0),
+    "test_inputs.py": (11, 12),
+    "test_image_folder.py": (9, 9),
+    "test_models.py": (6, 5.6),
+    "test_core.py": (5, 3),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    tier = 1 if "not slow" in (config.option.markexpr or "") else 0
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, (0, 0))[tier])  # stable: files stay whole
+
+
+def pytest_unconfigure(config):
+    """pytest ends a session with five full garbage collections (to surface exceptions raised in
+    finalizers): about 0.3 s each in a process that holds torch, MLflow and pandas, at the end of
+    every xdist worker. Objects alive now are frozen: those collections, and the interpreter's at
+    exit (fast_exit/sitecustomize.py), skip them."""
+    gc.freeze()
 
 
 @pytest.fixture(autouse=True)
@@ -124,9 +173,11 @@ def new_store(folder: Path) -> Path:
     return folder
 
 
-def where(tmp: Path, npz: Path) -> list[str]:
-    """Overrides that keep a run's store (a fresh copy), outputs and checkpoints inside ``tmp``."""
-    new_store(tmp / "mlruns")
+def where(tmp: Path, npz: Path, store: bool = True) -> list[str]:
+    """Overrides that keep a run's store (a fresh copy; none with ``store=False``, for a run that logs
+    to a server), outputs and checkpoints inside ``tmp``."""
+    if store:
+        new_store(tmp / "mlruns")
     return [
         f"tracking.store_dir={tmp / 'mlruns'}",
         f"paths.log_dir={tmp / 'outputs'}",
@@ -141,11 +192,16 @@ def workdir(tmp_path, tiny_npz) -> dict:
     return {"tmp": tmp_path, "store": tmp_path / "mlruns", "overrides": where(tmp_path, tiny_npz)}
 
 
+def child_pythonpath() -> str:
+    """PYTHONPATH for a process a test starts: the tests' helpers (pause.py, ...) and fast_exit."""
+    return os.pathsep.join([str(ROOT / "tests"), str(FAST_EXIT)])
+
+
 def entry_env(**extra: str) -> dict:
     """The environment for an entry point: no inherited store or data, one thread per process
     (tiny models gain nothing from more, and parallel jobs must not oversubscribe 2 cores)."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "SWEEPLAB_CIFAR10_NPZ")}
-    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "tests"), **extra)
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=child_pythonpath(), **extra)
     return env
 
 

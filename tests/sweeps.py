@@ -48,6 +48,13 @@ def _run(folder: Path, name: str, npz: Path, overrides: tuple[str, ...], base: l
     }
 
 
+def sweep_store(name: str) -> Path:
+    """The store that ``run_sweep(npz, name, ...)`` logs to, created (empty) if the sweep has not run yet."""
+    root = session_folder()
+    with locked(root / f"{name}.lock"):
+        return new_store(root / name / "mlruns")
+
+
 def run_sweep(npz: Path, name: str, *overrides: str) -> dict:
     """A sweep in a store of its own."""
     root = session_folder()

@@ -23,7 +23,7 @@ from sweeplab import build, tracking
 from sweeplab.errors import ConfigError
 from sweeplab.settings import validate
 
-from conftest import ROOT
+from conftest import ROOT, new_store
 
 GROUPS = ("model", "optimizer", "scheduler", "augmentation", "data", "experiment")
 # Scalars a user could set wrongly; paths and where-things-are keys are out of scope here.
@@ -192,15 +192,16 @@ def test_a_folder_in_place_of_the_database(tmp_path):
 
 
 def test_a_newer_schema(tmp_path):
-    tracking.setup(store(tmp_path))
+    tracking.setup(store(new_store(tmp_path)))
     with sqlite3.connect(tmp_path / "mlflow.db") as con:
         con.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
     with pytest.raises(ConfigError, match=r"its schema \(ffffffffffff\) is newer than this MLflow"):
         tracking.setup(store(tmp_path))
 
 
-def test_a_read_only_database(tmp_path):
-    tracking.setup(store(tmp_path))
+def test_a_read_only_database(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow creates the folder of the "file:<path>" it is given, relative to here
+    tracking.setup(store(new_store(tmp_path)))
     read_only = f"sqlite:///file:{tmp_path / 'mlflow.db'}?mode=ro&uri=true"
     with pytest.raises(ConfigError, match=r"is not usable: attempt to write a readonly database$"):
         tracking.setup(store(tmp_path, read_only))

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from apps import run_app
-from conftest import ROOT, TINY, free_port, mlflow_client, stop_process_group
+from conftest import ROOT, TINY, free_port, mlflow_client, stop_process_group, where
 
 ONE_EPOCH = [*TINY, "trainer.epochs=1", "trainer.checkpoint_every=0"]
 
@@ -286,16 +286,16 @@ def test_optuna_study_on_joblib_each_trial_a_run_best_params_logged(server, work
     assert {"optuna/optimization_results.yaml", "optuna/trials.csv"} <= names
 
 
-def test_a_dead_server_fails_fast_before_any_training(workdir):
+def test_a_dead_server_fails_fast_before_any_training(tmp_path, tiny_npz):
     """The store's probe answers before MLflow's client would retry for minutes: one line, no retry."""
     dead = f"http://127.0.0.1:{free_port()}"
-    result = run_app("train.py", f"tracking.uri={dead}", *workdir["overrides"], *ONE_EPOCH)
+    result = run_app("train.py", f"tracking.uri={dead}", *where(tmp_path, tiny_npz, store=False), *ONE_EPOCH)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: MLflow server") and dead in errors[0], result.stderr
     assert "not reachable (connection refused or no route, 5 s probe)" in errors[0]
     assert "Retrying" not in result.stdout + result.stderr  # MLflow's own client never got that far
-    assert "Test set:" not in result.stdout + result.stderr and not (workdir["tmp"] / "checkpoints").exists()
+    assert "Test set:" not in result.stdout + result.stderr and not (tmp_path / "checkpoints").exists()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from apps import run_app
-from conftest import ROOT, TINY, mlflow_client, where
+from conftest import TINY, child_pythonpath, mlflow_client, where
 from pause import pause_overrides
 
 pytestmark = pytest.mark.slow
@@ -82,7 +82,7 @@ def test_a_requeued_cluster_job_resumes_its_own_run(store, reference, tmp_path, 
     """submitit's requeue path for real (submitit_local): the job's process gets the timeout signal
     submitit uses (SIGUSR2) after epoch 1; submitit checkpoints and requeues the job, which reruns in its
     own folder, finds the run it started and resumes it to the end."""
-    monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests"))  # the job's process imports pause.py ...
+    monkeypatch.setenv("PYTHONPATH", child_pythonpath())  # the job's process imports pause.py ...
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # ... and computes on one thread, as the reference did
     result = run_app(
         "train.py",
