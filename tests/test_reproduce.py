@@ -13,14 +13,15 @@ from conftest import ROOT, TINY, entry_env, mlflow_client, where
 from pause import pause_overrides, wait_for
 
 pytestmark = pytest.mark.slow
-EPOCHS = 4
+EPOCHS = 3
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_npz):
     tmp = tmp_path_factory.mktemp("repro")
-    overrides = [*TINY, f"trainer.epochs={EPOCHS}", *where(tmp, tiny_npz)]
+    data = ["data.train_limit=200", "data.test_limit=100"]
+    overrides = [*TINY, *data, f"trainer.epochs={EPOCHS}", *where(tmp, tiny_npz)]
     return {
         "tmp": tmp,
         "overrides": overrides,
