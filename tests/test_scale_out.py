@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from apps import run_app
-from conftest import ROOT, TINY, free_port, mlflow_client, stop_process_group, where
+from conftest import ROOT, TINY, child_pythonpath, free_port, mlflow_client, stop_process_group, where
+from pause import pause_overrides
 
 ONE_EPOCH = [*TINY, "trainer.epochs=1", "trainer.checkpoint_every=0"]
 
@@ -190,7 +191,7 @@ def _runs(server: Server, experiment: str):
     return exp, client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
 
 
-def _check_sweep(server: Server, experiment: str, result, n: int, lrs: list[str]):
+def _check_sweep(server: Server, experiment: str, result, n: int, lrs: list[str], epochs: int = 1):
     """One parent run with n FINISHED children (nested, though each job ran in a process of its own),
     per-epoch metrics, and artifacts the server holds itself; the comparison on the parent."""
     assert result.returncode == 0, result.stderr[-3000:]
@@ -205,7 +206,7 @@ def _check_sweep(server: Server, experiment: str, result, n: int, lrs: list[str]
     client = _client(server)
     for run in runs:
         history = client.get_metric_history(run.info.run_id, "test_acc")
-        assert [m.step for m in history] == [1]
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1))
         assert "best_test_acc" in run.data.metrics and "train_loss" in run.data.metrics
         names = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
         assert {"config/config.yaml", "config/resolved.yaml", "config/overrides.txt"} <= names
@@ -222,9 +223,17 @@ def _check_sweep(server: Server, experiment: str, result, n: int, lrs: list[str]
 
 
 @pytest.mark.slow
-def test_submitit_local_sweep_logs_to_a_server(server, workdir, monkeypatch):
+def test_submitit_local_sweep_logs_to_a_server_and_a_requeued_job_resumes_its_run(server, workdir, monkeypatch):
+    """Two jobs, each in a process of its own, that differ only in when a pause (pause.py) would stop
+    them: the first gets the signal submitit uses for a timeout (SIGUSR2) right after epoch 1 (its
+    checkpoints come every 2 epochs: the interrupt writes epoch 1's); submitit checkpoints and requeues
+    it, and the rerun in its own folder finds the run it started and resumes it to the end. The second
+    never pauses: the requeued run must log exactly its metrics."""
     experiment = "submitit"
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the jobs' processes: one thread each on a small machine
+    monkeypatch.setenv("PYTHONPATH", child_pythonpath())  # the jobs' processes import pause.py ...
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # ... and compute on one thread each, the same numbers
+    run = [*TINY, "trainer.epochs=2", "trainer.checkpoint_every=2", "data.train_limit=100", "data.test_limit=50"]
+    pause = [o for o in pause_overrides(1, workdir["tmp"] / "paused", "SIGUSR2") if ".epoch=" not in o]
     result = run_app(
         "train.py",
         "-m",
@@ -232,12 +241,27 @@ def test_submitit_local_sweep_logs_to_a_server(server, workdir, monkeypatch):
         f"tracking.uri={server.uri}",
         f"tracking.experiment={experiment}",
         *workdir["overrides"],
-        *ONE_EPOCH,
-        "optimizer.lr=0.02,0.01",
+        *run,
+        "optimizer.lr=0.02",
+        *pause,
+        "+trainer.callbacks.pause.epoch=1,99",
     )
-    _check_sweep(server, experiment, result, 2, ["0.02", "0.01"])
+    _check_sweep(server, experiment, result, 2, ["0.02", "0.02"], epochs=2)
     local = mlflow_client(workdir["store"])
     assert not local.search_runs([e.experiment_id for e in local.search_experiments()]), "nothing in the local store"
+
+    client = _client(server)
+    _, runs = _runs(server, experiment)
+    jobs = {r.data.params["trainer.callbacks.pause.epoch"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    requeued, plain = jobs["1"], jobs["99"]
+    assert requeued.data.tags.get("sweeplab.resumed_from_epoch") == "1", requeued.data.tags
+    assert "sweeplab.resumed_from_epoch" not in plain.data.tags
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+        values = [
+            [m.value for m in sorted(client.get_metric_history(r.info.run_id, key), key=lambda m: m.step)]
+            for r in (requeued, plain)
+        ]
+        assert values[0] == values[1], (key, values)
 
 
 @pytest.mark.slow

@@ -1,13 +1,14 @@
 """Signals end a run KILLED with its last complete epoch checkpointed and the command that continues
-it; a cluster job that submitit requeues resumes its own run. Each run signals itself right after a
-known epoch (pause.py): the signal arrives exactly there, however fast or slow the machine is."""
+it. Each run signals itself right after a known epoch (pause.py): the signal arrives exactly there,
+however fast or slow the machine is. (A cluster job that submitit requeues resumes its own run:
+test_scale_out.py, in the submitit sweep against the server.)"""
 
 import signal
 
 import pytest
 
 from apps import run_app
-from conftest import TINY, child_pythonpath, mlflow_client, where
+from conftest import TINY, mlflow_client, where
 from pause import pause_overrides
 
 pytestmark = pytest.mark.slow
@@ -76,24 +77,3 @@ def test_a_signal_ends_the_run_killed_with_a_checkpoint_and_how_to_resume(
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert store["client"].get_run(run.info.run_id).info.status == "FINISHED"
         assert metrics_of(store["client"], run.info.run_id) == reference
-
-
-def test_a_requeued_cluster_job_resumes_its_own_run(store, reference, tmp_path, monkeypatch):
-    """submitit's requeue path for real (submitit_local): the job's process gets the timeout signal
-    submitit uses (SIGUSR2) after epoch 1; submitit checkpoints and requeues the job, which reruns in its
-    own folder, finds the run it started and resumes it to the end."""
-    monkeypatch.setenv("PYTHONPATH", child_pythonpath())  # the job's process imports pause.py ...
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # ... and computes on one thread, as the reference did
-    result = run_app(
-        "train.py",
-        "-m",
-        "hydra/launcher=submitit_local",
-        "tracking.run_name=requeued",
-        *RUN,
-        *store["where"],
-        *pause_overrides(1, tmp_path / "paused", "SIGUSR2"),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    run = named(store, "requeued")
-    assert run.info.status == "FINISHED" and run.data.tags.get("sweeplab.resumed_from_epoch") == "1"
-    assert metrics_of(store["client"], run.info.run_id) == reference
