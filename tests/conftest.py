@@ -217,6 +217,21 @@ def run_entry(script: str, *args: str, env: dict | None = None, timeout: int = 3
     )
 
 
+EPOCH_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
+
+
+def epoch_metrics(client, run_id: str) -> dict[str, list[float]]:
+    """A run's per-epoch metrics, each in epoch order; one value per epoch (a resumed or requeued run
+    must not log an epoch twice)."""
+    out = {}
+    for key in EPOCH_METRICS:
+        history = client.get_metric_history(run_id, key)
+        steps = [m.step for m in history]
+        assert len(steps) == len(set(steps)), f"{key} logged twice for one epoch"
+        out[key] = [m.value for m in sorted(history, key=lambda m: m.step)]
+    return out
+
+
 def mlflow_client(store: Path):
     from mlflow.tracking import MlflowClient
 

@@ -36,7 +36,8 @@ class PauseAfterEpoch(Callback):
         raise RuntimeError(f"paused after epoch {self.epoch}: no signal ended the run within {wait} s")
 
 
-def pause_overrides(epoch: int, flag: Path, signal: str | None = None) -> list[str]:
+def pause_overrides(epoch: int | str, flag: Path, signal: str | None = None) -> list[str]:
+    """The overrides that put the pause into a run; ``epoch`` may be a sweep's values ("1,99")."""
     return [
         f"+trainer.callbacks.pause._target_={__name__}.PauseAfterEpoch",
         f"+trainer.callbacks.pause.epoch={epoch}",

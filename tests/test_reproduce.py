@@ -9,12 +9,11 @@ import sys
 import pytest
 
 from apps import run_app
-from conftest import ROOT, TINY, entry_env, mlflow_client, where
+from conftest import ROOT, TINY, entry_env, epoch_metrics, mlflow_client, where
 from pause import pause_overrides, wait_for
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
-METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +34,6 @@ def runs_of(store):
     return client, client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
 
 
-def metrics_of(client, run_id):
-    out = {}
-    for key in METRICS:
-        history = client.get_metric_history(run_id, key)
-        steps = [m.step for m in history]
-        assert len(steps) == len(set(steps)), f"{key} logged twice for one epoch"
-        out[key] = [m.value for m in sorted(history, key=lambda m: m.step)]
-    return out
-
-
 @pytest.fixture(scope="module")
 def reference(store):
     """One uninterrupted run: the yardstick for reproduction and resumption."""
@@ -52,7 +41,7 @@ def reference(store):
     assert result.returncode == 0, result.stderr[-3000:]
     client, runs = runs_of(store)
     run = next(r for r in runs if r.info.run_name == "reference")
-    return run.info.run_id, metrics_of(client, run.info.run_id)
+    return run.info.run_id, epoch_metrics(client, run.info.run_id)
 
 
 def test_reproduce_from_run_id_gives_identical_metrics(store, reference):
@@ -61,7 +50,7 @@ def test_reproduce_from_run_id_gives_identical_metrics(store, reference):
     assert result.returncode == 0, result.stderr[-3000:]
     client, runs = runs_of(store)
     rerun = next(r for r in runs if r.data.tags.get("sweeplab.reproduces") == run_id)
-    assert metrics_of(client, rerun.info.run_id) == expected
+    assert epoch_metrics(client, rerun.info.run_id) == expected
     assert rerun.data.params["optimizer.lr"] == client.get_run(run_id).data.params["optimizer.lr"]
 
 
@@ -74,7 +63,7 @@ def test_reproduce_from_saved_config_folder_with_hydra(store, reference, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     client, runs = runs_of(store)
     rerun = next(r for r in runs if r.info.run_name == "from-folder")
-    assert metrics_of(client, rerun.info.run_id) == expected
+    assert epoch_metrics(client, rerun.info.run_id) == expected
     assert rerun.data.tags["sweeplab.reproduces"] == run_id  # the saved config names its origin
 
 
@@ -109,7 +98,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(store, reference, tmp_
     result = run_app("train.py", f"resume={run_id}", *store["where"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert client.get_run(run_id).info.status == "FINISHED"
-    assert metrics_of(client, run_id) == expected  # same final metrics, one value per epoch
+    assert epoch_metrics(client, run_id) == expected  # same final metrics, one value per epoch
 
 
 def test_truncated_checkpoint_is_a_clear_error(store, reference):

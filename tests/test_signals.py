@@ -8,11 +8,10 @@ import signal
 import pytest
 
 from apps import run_app
-from conftest import TINY, mlflow_client, where
+from conftest import TINY, epoch_metrics, mlflow_client, where
 from pause import pause_overrides
 
 pytestmark = pytest.mark.slow
-METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
 # Checkpoints every 2 epochs: a signal after epoch 1 finds no last.pt of epoch 1 on disk until the
 # interrupted run writes it.
 RUN = [*TINY, "trainer.epochs=2", "trainer.checkpoint_every=2", "data.train_limit=100", "data.test_limit=50"]
@@ -22,10 +21,6 @@ RUN = [*TINY, "trainer.epochs=2", "trainer.checkpoint_every=2", "data.train_limi
 def store(tmp_path_factory, tiny_npz):
     tmp = tmp_path_factory.mktemp("signals")
     return {"tmp": tmp, "where": where(tmp, tiny_npz), "client": mlflow_client(tmp / "mlruns")}
-
-
-def metrics_of(client, run_id):
-    return {k: [m.value for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)] for k in METRICS}
 
 
 def named(store, name):
@@ -49,7 +44,7 @@ def terminal_sigint():
 def reference(store):
     result = run_app("train.py", *RUN, *store["where"], "tracking.run_name=reference")
     assert result.returncode == 0, result.stderr[-3000:]
-    return metrics_of(store["client"], named(store, "reference").info.run_id)
+    return epoch_metrics(store["client"], named(store, "reference").info.run_id)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
@@ -76,4 +71,4 @@ def test_a_signal_ends_the_run_killed_with_a_checkpoint_and_how_to_resume(
         resumed = run_app("train.py", f"resume={run.info.run_id}", *store["where"])
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert store["client"].get_run(run.info.run_id).info.status == "FINISHED"
-        assert metrics_of(store["client"], run.info.run_id) == reference
+        assert epoch_metrics(store["client"], run.info.run_id) == reference
