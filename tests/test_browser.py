@@ -138,7 +138,8 @@ class Chromium:
 def ui(browser, tiny_npz, tmp_path_factory):
     """`mlflow ui` on a free port over the sweep's store, and one Chromium; both stopped (their whole
     process groups) at the end. The server starts on the store before the sweep fills it: its seconds
-    of start-up overlap the sweep's."""
+    of start-up overlap the sweep's. One uvicorn worker and no background job runner: by default the
+    UI starts 4 workers and 8 job processes, about 60 s of CPU that the pages rendered here never use."""
     store = sweep_store("two_runs")
     port, tmp = free_port(), tmp_path_factory.mktemp("ui")
     log = open(tmp / "mlflow-ui.log", "w")
@@ -154,7 +155,10 @@ def ui(browser, tiny_npz, tmp_path_factory):
             "127.0.0.1",
             "--port",
             str(port),
+            "--workers",
+            "1",
         ],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
