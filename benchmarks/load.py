@@ -266,16 +266,16 @@ def backend_store(name: str, base: Path, workers: int, env: dict | None = None):
         yield None
         return
     _tests_on_path()
-    from auth_server import mlflow_server
+    from servers import mlflow_server
 
     with ExitStack() as stack:
         if name == "postgres":
             try:
-                from test_scale_out import _start_postgres  # a private cluster on 127.0.0.1, as the tests run it
+                from servers import start_postgres  # a private cluster on 127.0.0.1, as the tests run it
             except ImportError as err:
-                raise RuntimeError(f"no PostgreSQL helper (tests/test_scale_out.py): {err}") from None
+                raise RuntimeError(f"no PostgreSQL helper (tests/servers.py): {err}") from None
 
-            pg_uri, pg_stop = _start_postgres()
+            pg_uri, pg_stop = start_postgres()
             stack.callback(pg_stop)
             backend = pg_uri
         else:

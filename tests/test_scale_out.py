@@ -1,22 +1,16 @@
 """Scale-out: Hydra launchers (submitit_local, joblib), the Optuna sweeper, and a real `mlflow server`
 with proxied artifacts, backed by PostgreSQL as a team would run it.
 
-The server is started once for the module and always stopped. PostgreSQL comes from the system
-(Debian: /usr/lib/postgresql/*/bin, installed by .ci/install-postgres.sh); where it cannot be started a
-SQLite-backed server stands in, unless SWEEPLAB_REQUIRE_POSTGRES=1 makes that a failure.
+The server (servers.py) is started once for the module and always stopped; where PostgreSQL cannot be
+started a SQLite-backed server stands in, unless SWEEPLAB_REQUIRE_POSTGRES=1 makes that a failure.
 """
 
 from __future__ import annotations
 
-import glob
 import os
-import pwd
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
+from contextlib import ExitStack
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -28,163 +22,38 @@ from conftest import (
     epoch_metrics,
     free_port,
     mlflow_client,
-    stop_process_group,
     where,
 )
 from pause import pause_overrides
+from servers import mlflow_server, start_postgres
 
 ONE_EPOCH = [*TINY, "trainer.epochs=1", "trainer.checkpoint_every=0"]
 
 
-# ----------------------------------------------------------------------------------------------
-# PostgreSQL: a private cluster on 127.0.0.1, in a temp folder, for this test session only.
-
-
-def _pg_bindir() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(os.path.realpath(found)).parent
-    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(Path(d).parent.name or 0))
-    return Path(dirs[-1]) if dirs else None
-
-
-def _start_postgres() -> tuple[str, callable]:
-    """Start PostgreSQL; return (SQLAlchemy URI of an empty database, stop function). Raises RuntimeError."""
-    try:
-        import psycopg  # noqa: F401  (SQLAlchemy 2.1's driver for postgresql:// URIs)
-    except ImportError:
-        raise RuntimeError("psycopg is not installed (pip install -r requirements.txt)") from None
-    bindir = _pg_bindir()
-    if bindir is None or not (bindir / "pg_ctl").exists():
-        raise RuntimeError("PostgreSQL is not installed (no initdb/pg_ctl; bash .ci/install-postgres.sh installs it)")
-    base = Path(tempfile.mkdtemp(prefix="sweeplab-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root: run the server as an unprivileged user
-        user = next((u for u in ("postgres", "nobody") if _user_exists(u)), None)
-        runuser = shutil.which("runuser")
-        if user is None or runuser is None:
-            raise RuntimeError("running as root, and no 'postgres'/'nobody' user or runuser to drop to")
-        entry = pwd.getpwnam(user)
-        os.chown(base, entry.pw_uid, entry.pw_gid)
-        as_user = [runuser, "-u", user, "--"]
-    port, data, log = free_port(), base / "data", base / "server.log"
-
-    def run(*cmd, timeout=60):
-        res = subprocess.run([*as_user, *map(str, cmd)], capture_output=True, text=True, timeout=timeout, cwd=base)
-        if res.returncode:
-            tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["?"]
-            raise RuntimeError(f"{Path(str(cmd[0])).name} failed: {tail[0]}")
-
-    def stop():
-        subprocess.run(
-            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            capture_output=True,
-            timeout=30,
-            cwd=base,
-        )
-        shutil.rmtree(base, ignore_errors=True)
-
-    try:
-        run(bindir / "initdb", "-D", data, "-U", "mlflow", "--auth=trust", "-E", "UTF8", "--no-sync")
-        opts = f"-h 127.0.0.1 -p {port} -k {base} -c fsync=off -c full_page_writes=off"
-        run(bindir / "pg_ctl", "-D", data, "-o", opts, "-l", log, "-w", "-t", "60", "start", timeout=90)
-        run(bindir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "mlflow", "mlflow")
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
-        stop()
-        raise RuntimeError(str(err)) from None
-    return f"postgresql://mlflow@127.0.0.1:{port}/mlflow", stop
-
-
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-        return True
-    except KeyError:
-        return False
-
-
-# ----------------------------------------------------------------------------------------------
-# MLflow servers with proxied artifacts.
-
-
-class Server:
-    def __init__(self, backend: str, folder: Path):
-        self.port, self.folder = free_port(), folder
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.artifacts = folder / "artifacts"
-        folder.mkdir(parents=True, exist_ok=True)
-        self.log = open(folder / "server.log", "w")
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no background job runner
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--backend-store-uri",
-                backend,
-                "--serve-artifacts",
-                "--artifacts-destination",
-                str(self.artifacts),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                "1",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            cwd=folder,
-        )
-
-    def wait(self, timeout: float = 150) -> None:
-        import requests
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                if requests.get(self.uri + "/health", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        log = (self.folder / "server.log").read_text()[-2000:]
-        raise RuntimeError(f"mlflow server on {self.uri} did not come up:\n{log}")
-
-    def stop(self) -> None:
-        stop_process_group(self.proc, timeout=5)
-        self.log.close()
+class Server(NamedTuple):
+    uri: str
+    folder: Path
+    artifacts: Path  # where the server stores what clients upload
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The team's setup: an `mlflow server` backed by PostgreSQL, with proxied artifacts. Where
-    PostgreSQL cannot be started, a SQLite-backed server stands in (and the reason is printed), unless
-    SWEEPLAB_REQUIRE_POSTGRES=1 makes that a failure."""
+    """The team's setup: an `mlflow server` backed by PostgreSQL, with proxied artifacts (in
+    ``folder/artifacts``). Where PostgreSQL cannot be started, a SQLite-backed server stands in (and
+    the reason is printed), unless SWEEPLAB_REQUIRE_POSTGRES=1 makes that a failure."""
     base = tmp_path_factory.mktemp("servers")
-    stops = []
-    try:
+    with ExitStack() as stack:
         try:
-            backend, stop = _start_postgres()
-            stops.append(stop)
+            backend, stop = start_postgres()
+            stack.callback(stop)
         except RuntimeError as err:
             if os.environ.get("SWEEPLAB_REQUIRE_POSTGRES") == "1":
                 pytest.fail(f"PostgreSQL could not be started: {err}")
             print(f"PostgreSQL could not be started ({err}): a SQLite-backed server instead")
             backend = f"sqlite:///{base / 'mlflow.db'}"
-        started = Server(backend, base / "server")
-        stops.insert(0, started.stop)
-        started.wait()
-        yield started
-    finally:
-        for stop in stops:
-            stop()
+        folder = base / "server"
+        uri = stack.enter_context(mlflow_server(backend, folder))
+        yield Server(uri, folder, folder / "artifacts")
 
 
 def _client(server: Server):

@@ -1,6 +1,6 @@
 """No secret reaches MLflow or a log: a password in the tracking URI (and a key marked secret) is
 masked in params, tags, saved configs, overrides and logs, against a real MLflow server with its own
-authentication (tests/auth_server.py), which refuses a run without credentials in one line."""
+authentication (tests/servers.py), which refuses a run without credentials in one line."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 from sweeplab import tracking
 
 from apps import run_app
-from auth_server import auth_server
 from conftest import TINY
+from servers import auth_server
 
 pytestmark = pytest.mark.slow
 PASSWORD = "Alice-s3cret-pw-0123"

@@ -1,11 +1,13 @@
-"""MLflow tracking servers for tests and benchmarks, started on 127.0.0.1 and always stopped.
+"""Servers for tests and benchmarks, started on 127.0.0.1 and always stopped.
 
 - ``mlflow_server(backend, folder)``: ``mlflow server`` on a free port with proxied artifacts
-  (``--serve-artifacts``), any backend store URI; yields its ``http://`` URI.
+  (``--serve-artifacts``, stored in ``folder/artifacts``), any backend store URI; yields its ``http://`` URI.
 - ``auth_server()``: the same with MLflow's basic authentication (``--app-name basic-auth``) over a
   SQLite store in a temp folder; yields ``AuthServer(uri, username, password)`` of its admin user.
+- ``start_postgres()``: a private PostgreSQL cluster in a temp folder (the system's binaries,
+  Debian's /usr/lib/postgresql/*/bin: .ci/install-postgres.sh); returns its URI and a stop function.
 
-Either runs the server in its own session and stops the whole process group at the end (uvicorn
+An MLflow server runs in its own session and the whole process group is stopped at the end (uvicorn
 starts worker processes of its own). A client authenticates with the standard variables::
 
     with auth_server() as (uri, user, password):
@@ -17,13 +19,16 @@ Without them every API call is answered 401 (``MlflowException`` with error code
 Starting ``auth_server()`` takes about 15 s on the 2-core development machine (measured 15-22 s,
 2026-11-27): ~6 s for the ``mlflow server`` command's imports, ~5 s creating and migrating the
 SQLite store and the users' database and creating the admin, ~6 s for uvicorn's worker to import
-the app. Stopping takes ~3 s (uvicorn's graceful shutdown). Start one per module, not per test.
+the app. Start one per module, not per test.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import pwd
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +43,69 @@ from conftest import _shared, free_port, new_store, stop_process_group
 FAST_HASH = Path(__file__).resolve().parent / "fast_hash"
 # What a server started here must not inherit from the caller's shell.
 _CLIENT_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def _pg_bindir() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(os.path.realpath(found)).parent
+    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(Path(d).parent.name or 0))
+    return Path(dirs[-1]) if dirs else None
+
+
+def start_postgres() -> tuple[str, callable]:
+    """Start PostgreSQL; return (SQLAlchemy URI of an empty database, stop function). Raises RuntimeError."""
+    try:
+        import psycopg  # noqa: F401  (SQLAlchemy 2.1's driver for postgresql:// URIs)
+    except ImportError:
+        raise RuntimeError("psycopg is not installed (pip install -r requirements.txt)") from None
+    bindir = _pg_bindir()
+    if bindir is None or not (bindir / "pg_ctl").exists():
+        raise RuntimeError("PostgreSQL is not installed (no initdb/pg_ctl; bash .ci/install-postgres.sh installs it)")
+    base = Path(tempfile.mkdtemp(prefix="sweeplab-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: run the server as an unprivileged user
+        user = next((u for u in ("postgres", "nobody") if _user_exists(u)), None)
+        runuser = shutil.which("runuser")
+        if user is None or runuser is None:
+            raise RuntimeError("running as root, and no 'postgres'/'nobody' user or runuser to drop to")
+        entry = pwd.getpwnam(user)
+        os.chown(base, entry.pw_uid, entry.pw_gid)
+        as_user = [runuser, "-u", user, "--"]
+    port, data, log = free_port(), base / "data", base / "server.log"
+
+    def run(*cmd, timeout=60):
+        res = subprocess.run([*as_user, *map(str, cmd)], capture_output=True, text=True, timeout=timeout, cwd=base)
+        if res.returncode:
+            tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["?"]
+            raise RuntimeError(f"{Path(str(cmd[0])).name} failed: {tail[0]}")
+
+    def stop():
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=30,
+            cwd=base,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+    try:
+        run(bindir / "initdb", "-D", data, "-U", "mlflow", "--auth=trust", "-E", "UTF8", "--no-sync")
+        opts = f"-h 127.0.0.1 -p {port} -k {base} -c fsync=off -c full_page_writes=off"
+        run(bindir / "pg_ctl", "-D", data, "-o", opts, "-l", log, "-w", "-t", "60", "start", timeout=90)
+        run(bindir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "mlflow", "mlflow")
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
+        stop()
+        raise RuntimeError(str(err)) from None
+    return f"postgresql://mlflow@127.0.0.1:{port}/mlflow", stop
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
 
 
 class AuthServer(NamedTuple):
