@@ -1,5 +1,7 @@
 """Servers for tests and benchmarks, started on 127.0.0.1 and always stopped.
 
+- ``start_mlflow(command, backend, folder)`` and ``wait_until_up(started)``: ``mlflow server`` or
+  ``mlflow ui`` on a free port, running only what a test uses (one uvicorn worker, no job runner).
 - ``mlflow_server(backend, folder)``: ``mlflow server`` on a free port with proxied artifacts
   (``--serve-artifacts``, stored in ``folder/artifacts``), any backend store URI; yields its ``http://`` URI.
 - ``auth_server()``: the same with MLflow's basic authentication (``--app-name basic-auth``) over a
@@ -114,6 +116,55 @@ class AuthServer(NamedTuple):
     password: str
 
 
+class Started(NamedTuple):
+    proc: subprocess.Popen
+    uri: str
+    log: Path  # its console
+
+
+def start_mlflow(
+    command: str, backend: str, folder: Path, *options: str, workers: int = 1, env: dict | None = None
+) -> Started:
+    """Start ``mlflow <command>`` (``server`` or ``ui``) over ``backend`` on a free port of 127.0.0.1, in
+    its own session and in ``folder`` (its console goes to ``folder/server.log``), and return at once
+    (``wait_until_up`` waits for it). It runs only what a test uses: ``workers`` uvicorn workers and no
+    background job runner (by default 4 workers and, over a SQL store, 8 job processes: about 60 s of
+    CPU on the 2-core development machine), and none of the caller's tracking variables."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", command, "--backend-store-uri", backend, "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--workers", str(workers), *options]
+    server_env = {k: v for k, v in os.environ.items() if k not in _CLIENT_VARS}
+    server_env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **(env or {}))
+    log = folder / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=server_env, start_new_session=True, cwd=folder
+        )
+    return Started(proc, f"http://127.0.0.1:{port}", log)
+
+
+def wait_until_up(server: Started, timeout: float = 150) -> None:
+    """Return once the server's /health answers 200; RuntimeError with its console's tail if it exits
+    first or ``timeout`` s pass."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.proc.poll() is not None or time.monotonic() > deadline:
+            code = server.proc.poll()
+            why = f"exited with code {code}" if code is not None else f"{timeout:g} s passed"
+            command = " ".join(server.proc.args[2:4])  # mlflow server / mlflow ui
+            raise RuntimeError(f"{command} on {server.uri} did not come up ({why}):\n{server.log.read_text()[-2000:]}")
+        try:
+            if requests.get(server.uri + "/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.25)
+
+
 @contextmanager
 def mlflow_server(
     backend: str,
@@ -127,41 +178,14 @@ def mlflow_server(
     """Run ``mlflow server`` with ``backend`` as its store and artifacts under ``folder/artifacts``;
     yield its URI once ``/health`` answers 200. The server's console goes to ``folder/server.log``;
     a server that does not come up within ``timeout`` s raises RuntimeError with that log's tail."""
-    import requests
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--serve-artifacts"]
-    cmd += ["--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--workers", str(workers)]
-    if app_name:
-        cmd += ["--app-name", app_name]
-    server_env = {k: v for k, v in os.environ.items() if k not in _CLIENT_VARS}
-    server_env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **(env or {}))  # no background job runner
-    log_path = folder / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env, start_new_session=True, cwd=folder
-        )
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    why = f"exited with code {proc.returncode}" if proc.poll() is not None else f"{timeout:g} s passed"
-                    raise RuntimeError(
-                        f"mlflow server on {uri} did not come up ({why}):\n{log_path.read_text()[-2000:]}"
-                    )
-                try:
-                    if requests.get(uri + "/health", timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                time.sleep(0.25)
-            yield uri
-        finally:
-            stop_process_group(proc, timeout=10)
+    options = ["--serve-artifacts", "--artifacts-destination", str(Path(folder) / "artifacts")]
+    options += ["--app-name", app_name] if app_name else []
+    server = start_mlflow("server", backend, folder, *options, workers=workers, env=env)
+    try:
+        wait_until_up(server, timeout)
+        yield server.uri
+    finally:
+        stop_process_group(server.proc, timeout=10)
 
 
 @contextmanager

@@ -12,14 +12,13 @@ import re
 import select
 import shutil
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port, stop_process_group
+from conftest import stop_process_group
+from servers import start_mlflow, wait_until_up
 from sweeps import sweep_store, two_run_sweep
 
 pytestmark = pytest.mark.slow
@@ -138,55 +137,23 @@ class Chromium:
 def ui(browser, tiny_npz, tmp_path_factory):
     """`mlflow ui` on a free port over the sweep's store, and one Chromium; both stopped (their whole
     process groups) at the end. The server starts on the store before the sweep fills it: its seconds
-    of start-up overlap the sweep's. One uvicorn worker and no background job runner: by default the
-    UI starts 4 workers and 8 job processes, about 60 s of CPU that the pages rendered here never use."""
+    of start-up overlap the sweep's. Like every server of the tests it runs one uvicorn worker and no
+    job runner (servers.start_mlflow)."""
     store = sweep_store("two_runs")
-    port, tmp = free_port(), tmp_path_factory.mktemp("ui")
-    log = open(tmp / "mlflow-ui.log", "w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "ui",
-            "--backend-store-uri",
-            f"sqlite:///{store / 'mlflow.db'}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    tmp = tmp_path_factory.mktemp("ui")
+    server = start_mlflow("ui", f"sqlite:///{store / 'mlflow.db'}", tmp)
     chromium = None
-    url = f"http://127.0.0.1:{port}"
     try:
         chromium = Chromium(browser, tmp / "profile", tmp / "chromium.log")
         sweep = two_run_sweep(tiny_npz)
         assert sweep["result"].returncode == 0, sweep["result"].stderr[-3000:]
-        deadline = time.monotonic() + 240  # a busy CI machine starts it slowly
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, "mlflow ui exited: " + (tmp / "mlflow-ui.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "mlflow ui did not answer /health within 240 s"
-            time.sleep(0.25)
-        yield {"url": url, "chromium": chromium, **sweep}
+        wait_until_up(server, timeout=240)  # a busy CI machine starts it slowly
+        yield {"url": server.uri, "chromium": chromium, **sweep}
     finally:
         if chromium is not None:
             chromium.close()
-        stop_process_group(server)  # the server and its uvicorn workers
-        log.close()
-    assert server.poll() is not None
+        stop_process_group(server.proc)  # the server and its uvicorn worker
+    assert server.proc.poll() is not None
 
 
 def test_the_sweep_is_one_parent_row_with_its_jobs_as_children(ui, tmp_path):
