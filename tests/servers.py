@@ -152,8 +152,8 @@ def wait_until_up(server: Started, timeout: float = 150) -> None:
 
     deadline = time.monotonic() + timeout
     while True:
-        if server.proc.poll() is not None or time.monotonic() > deadline:
-            code = server.proc.poll()
+        code = server.proc.poll()
+        if code is not None or time.monotonic() > deadline:
             why = f"exited with code {code}" if code is not None else f"{timeout:g} s passed"
             command = " ".join(server.proc.args[2:4])  # mlflow server / mlflow ui
             raise RuntimeError(f"{command} on {server.uri} did not come up ({why}):\n{server.log.read_text()[-2000:]}")

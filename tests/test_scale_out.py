@@ -33,7 +33,11 @@ ONE_EPOCH = [*TINY, "trainer.epochs=1", "trainer.checkpoint_every=0"]
 class Server(NamedTuple):
     uri: str
     folder: Path
-    artifacts: Path  # where the server stores what clients upload
+
+    @property
+    def artifacts(self) -> Path:
+        """Where the server stores what clients upload (servers.mlflow_server's layout)."""
+        return self.folder / "artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +57,7 @@ def server(tmp_path_factory):
             backend = f"sqlite:///{base / 'mlflow.db'}"
         folder = base / "server"
         uri = stack.enter_context(mlflow_server(backend, folder))
-        yield Server(uri, folder, folder / "artifacts")
+        yield Server(uri, folder)
 
 
 def _client(server: Server):
