@@ -8,7 +8,7 @@ from sweeplab import errors
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from sweeplab.run import train  # imported here so --help stays fast
+    from sweeplab.training import train  # imported here so --help stays fast
 
     return errors.run_task(train, cfg)
 

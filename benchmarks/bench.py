@@ -196,7 +196,7 @@ def bench_mlflow(split: Split, device, batch: int, width: int, steps: int, round
         from omegaconf import OmegaConf
 
         experiment = tracking.setup(OmegaConf.create({"uri": None, "store_dir": tmp, "experiment": "bench"}))
-        with tracking.run(experiment) as run_id:
+        with tracking.open_run(experiment) as run_id:
             logger = TimedLogger(run_id)
             logged = Trainer(model, opt, Batches(batches), test, device=device, progress=False, callbacks=[logger])
             bare = Trainer(model, opt, Batches(batches), test, device=device, progress=False)
@@ -228,8 +228,8 @@ def bench_recipes(recipes: list[str], device, npz: str | None, max_epochs: int |
     from hydra import compose, initialize_config_dir
 
     from sweeplab import build
+    from sweeplab.checks import check_run
     from sweeplab.engine import seed_everything
-    from sweeplab.settings import validate
 
     with initialize_config_dir(str(ROOT / "conf"), version_base=None):
         for recipe in recipes:
@@ -243,7 +243,7 @@ def bench_recipes(recipes: list[str], device, npz: str | None, max_epochs: int |
                     *overrides,
                 ],
             )
-            validate(cfg)
+            check_run(cfg)
             data = build.load_data(cfg)
             seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
             trainer = build.build_trainer(cfg, device, data)

@@ -211,7 +211,7 @@ def job(index: int, spec: dict, barrier, results) -> None:
         if experiment_id is None:
             return
         tags = {"sweeplab.sweep": spec["sweep"], "sweeplab.load.job": str(index), "sweeplab.seed": str(index)}
-        runner = tracking.run(experiment_id, f"load-{index:03d}", tags=tags)
+        runner = tracking.open_run(experiment_id, f"load-{index:03d}", tags=tags)
         run_id = call("start", runner.__enter__)
         if run_id is None:
             return

@@ -188,7 +188,7 @@ def test_the_registered_model_page_shows_the_best_alias(ui, tmp_path):
 
 def test_compare_page_shows_the_lr_values(ui, tmp_path):
     """The report's compare link: the parameter table lists optimizer.lr per run."""
-    from sweeplab.compare import compare_link
+    from sweeplab.report import compare_link
 
     client, exp = ui["client"], ui["experiment"].experiment_id
     runs = client.search_runs([exp], "tags.`mlflow.parentRunId` LIKE '%'", order_by=["attributes.start_time ASC"])

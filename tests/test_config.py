@@ -10,8 +10,9 @@ from hydra.utils import instantiate
 
 import sweeplab  # noqa: F401  (resolvers)
 from sweeplab.build import build_model, build_scheduler
+from sweeplab.checks import check_run
+from sweeplab.device import resolve_device
 from sweeplab.errors import ConfigError
-from sweeplab.settings import resolve_device, validate
 
 from conftest import ROOT
 
@@ -33,7 +34,7 @@ def test_every_group_option_composes_and_validates(group, option):
     if group not in ("model", "experiment"):  # a narrow model where the model is not what the option is about
         extra += ["model=resnet18_narrow", "model.width=4"]
     cfg = cfg_with(f"{group}={option}", "trainer.device=cpu", *extra)
-    validate(cfg)
+    check_run(cfg)
     model = build_model(cfg, torch.device("cpu"), num_classes=3)  # the data's count, where the config has null
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     scheduler, interval, _ = build_scheduler(cfg.scheduler, optimizer, epochs=3, steps_per_epoch=5)
@@ -96,7 +97,7 @@ def test_unknown_group_option_is_refused():
 )
 def test_bad_values_give_one_line_errors(override, message):
     with pytest.raises(ConfigError, match=None) as err:
-        validate(cfg_with(override))
+        check_run(cfg_with(override))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 

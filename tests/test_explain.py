@@ -227,7 +227,7 @@ def _fake_run(sweep, name: str, model: bool) -> str:
     client = sweep["client"]
     tracking.use_store(client.tracking_uri)
     config = client.download_artifacts(sweep["best"].info.run_id, "config/config.yaml")
-    with tracking.run(sweep["experiment_id"], name) as run_id:
+    with tracking.open_run(sweep["experiment_id"], name) as run_id:
         tracking.log_files([config], "config")
         if model:
             net = Classifier(resnet18(width=4), [0.5] * 3, [0.25] * 3).eval()

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 import sweeplab  # noqa: F401  (resolvers)
 from sweeplab import lr_finder
+from sweeplab.checks import check_lr_finder
 from sweeplab.data import DeviceLoader, load_dataset
 from sweeplab.errors import ConfigError
 from sweeplab.models import resnet18
@@ -198,13 +199,13 @@ def compose_find_lr(*overrides):
 )
 def test_bad_input_is_a_config_error(override, words):
     with pytest.raises(ConfigError) as err:
-        lr_finder.validate(compose_find_lr(override))
+        check_lr_finder(compose_find_lr(override))
     assert words in str(err.value)
 
 
 def test_defaults_compose_with_train_groups_and_own_experiment():
     cfg = compose_find_lr()
-    lr_finder.validate(cfg)
+    check_lr_finder(cfg)
     assert cfg.task_name == "lr_finder" and cfg.tracking.experiment == "lr_finder"
     assert cfg.model._target_ == "sweeplab.models.resnet18" and cfg.optimizer._target_ == "torch.optim.SGD"
     assert cfg.lr_finder.seed == cfg.trainer.seed and cfg.lr_finder.step_mode == "exp"

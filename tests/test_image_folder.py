@@ -15,9 +15,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from sweeplab import build, data
+from sweeplab.checks import check_run
 from sweeplab.data import CIFAR100_CLASSES, DataError, channel_stats, scan_image_folder
 from sweeplab.errors import ConfigError
-from sweeplab.settings import validate
 
 from conftest import ROOT
 from images import CLASSES, draw, make_folder, write_images
@@ -57,7 +57,7 @@ class Decodes:
             self.count += 1
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(data, "decode_image", counting)
+        monkeypatch.setattr(data.image_folder, "decode_image", counting)
 
 
 # -- layouts ------------------------------------------------------------------------------------------
@@ -242,7 +242,7 @@ def test_a_class_with_only_unreadable_images_is_an_error(tmp_path):
 
 def test_a_data_set_too_large_for_the_device_stops_before_decoding(tmp_path, folder, monkeypatch):
     decodes = Decodes(monkeypatch)
-    monkeypatch.setattr(data, "free_memory", lambda device: 100_000)
+    monkeypatch.setattr(data.memory, "free_memory", lambda device: 100_000)
     with pytest.raises(DataError) as err:
         build.load_data(data_cfg(folder, tmp_path / "cache", **{"data.image_size": 64}))
     text = one_line(err)
@@ -267,9 +267,9 @@ def test_a_data_set_too_large_for_the_device_stops_before_decoding(tmp_path, fol
 )
 def test_bad_image_folder_settings_are_one_line_errors(tmp_path, key, value, message):
     cfg = data_cfg(tmp_path, tmp_path / "cache", **{key: value})
-    validate(data_cfg(tmp_path, tmp_path / "cache"))  # the defaults with a path are fine
+    check_run(data_cfg(tmp_path, tmp_path / "cache"))  # the defaults with a path are fine
     with pytest.raises(ConfigError) as err:
-        validate(cfg)
+        check_run(cfg)
     assert message in one_line(err)
 
 
@@ -286,7 +286,7 @@ def test_cifar100_from_an_npz_copy(tmp_path, monkeypatch):
     monkeypatch.setenv("SWEEPLAB_CIFAR100_NPZ", str(tmp_path / "cifar100.npz"))
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["data=cifar100", "trainer.device=cpu", "data.test_limit=50"])
-    validate(cfg)
+    check_run(cfg)
     ds = build.load_data(cfg)
     assert ds.name == "cifar100" and ds.source == str((tmp_path / "cifar100.npz").resolve())
     assert ds.classes == CIFAR100_CLASSES and len(set(ds.classes)) == 100 and list(ds.classes) == sorted(ds.classes)

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab import build, tracking
+from sweeplab.checks import check_run
 from sweeplab.errors import ConfigError
-from sweeplab.settings import validate
 
 from conftest import ROOT, new_store
 
@@ -122,7 +122,7 @@ def base(npz: str, choices: dict) -> DictConfig:
 
 def build_pieces(cfg: DictConfig) -> None:
     """Everything train.py builds before its MLflow run, on the CPU, without training."""
-    validate(cfg)
+    check_run(cfg)
     device = build.device_of(cfg)
     data = tiny_data(cfg.data.npz) if cfg.data.name == "cifar10" and cfg.data.npz else build.load_data(cfg)
     if cfg.trainer.batch_size > len(data.train) or (cfg.data.get("train_limit") or 120) != 120:

@@ -64,7 +64,7 @@ def _new_store_job(index: int, store: str, errors) -> None:
 
     try:
         experiment_id = tracking.setup(OmegaConf.create({"uri": None, "store_dir": store, "experiment": "new"}))
-        with tracking.run(experiment_id, f"job{index}"):
+        with tracking.open_run(experiment_id, f"job{index}"):
             for epoch in (1, 2):
                 tracking.log_metrics({"test_acc": 0.5, "train_loss": 1.0}, step=epoch)
     except Exception as err:
@@ -104,6 +104,7 @@ def test_a_dataset_a_parallel_job_inserted_first_is_linked_again(tmp_path, monke
     the dataset again instead of failing."""
     import numpy as np
     from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
     from omegaconf import OmegaConf
 
     from sweeplab import tracking
@@ -112,7 +113,7 @@ def test_a_dataset_a_parallel_job_inserted_first_is_linked_again(tmp_path, monke
 
     new_store(tmp_path)
     experiment_id = tracking.setup(OmegaConf.create({"uri": None, "store_dir": str(tmp_path), "experiment": "race"}))
-    real, calls = tracking.mlflow.log_input, []
+    real, calls = tracking.provenance.mlflow.log_input, []
 
     def refused_once(*args, **kwargs):
         calls.append(args)
@@ -120,16 +121,16 @@ def test_a_dataset_a_parallel_job_inserted_first_is_linked_again(tmp_path, monke
             raise MlflowException('BAD_REQUEST: duplicate key value violates unique constraint "dataset_pk"')
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tracking.mlflow, "log_input", refused_once)
+    monkeypatch.setattr(tracking.provenance.mlflow, "log_input", refused_once)
     images, labels = np.zeros((4, 2, 2, 3), np.uint8), np.arange(4)
-    with tracking.run(experiment_id, "racer") as run_id:
+    with tracking.open_run(experiment_id, "racer") as run_id:
         tracking.log_dataset("tiny-training", images, labels, "ab" * 32, str(tmp_path / "x.npz"), "training")
-    inputs = tracking.MlflowClient().get_run(run_id).inputs.dataset_inputs
+    inputs = MlflowClient().get_run(run_id).inputs.dataset_inputs
     assert len(calls) == 2 and [d.dataset.name for d in inputs] == ["tiny-training"]
 
     def refused(*args, **kwargs):
         raise MlflowException("RESOURCE_DOES_NOT_EXIST: no run")
 
-    monkeypatch.setattr(tracking.mlflow, "log_input", refused)  # any other refusal still fails the job
-    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"), tracking.run(experiment_id, "other"):
+    monkeypatch.setattr(tracking.provenance.mlflow, "log_input", refused)  # any other refusal still fails the job
+    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"), tracking.open_run(experiment_id, "other"):
         tracking.log_dataset("tiny-training", images, labels, "ab" * 32, str(tmp_path / "x.npz"), "training")

@@ -12,9 +12,9 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, VisionTransformer
 
 from sweeplab import build, models
+from sweeplab.checks import check_run
 from sweeplab.errors import ConfigError
 from sweeplab.explain import ExplainError, cam_method, compute_cams, resolve_layer
-from sweeplab.settings import validate
 
 from conftest import ROOT
 
@@ -41,7 +41,7 @@ def offline(monkeypatch, tmp_path):
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
 def test_torchvision_models_train_a_step_on_cifar_sized_images(name):
     cfg = cfg_with(f"model.name={name}", "model.small_input=true", "optimizer.lr=0.05")
-    validate(cfg)
+    check_run(cfg)
     torch.manual_seed(0)
     model = build.build_model(cfg, CPU)
     optimizer = build.build_optimizer(cfg, model)

@@ -322,7 +322,7 @@ def test_log_filter_masks_a_log_file(tmp_path, root_logging, monkeypatch):
             "root": {"level": "INFO", "handlers": ["file"]},
         }
     )
-    logging.getLogger("sweeplab.run").info("MLflow run abc (%s), token=%s", uri, token)
+    logging.getLogger("sweeplab.training").info("MLflow run abc (%s), token=%s", uri, token)
     # MLflow's loggers may not propagate (its own logging setup, once mlflow is imported): here they do,
     # so the record reaches the file; redacted it is either way, when it is made.
     monkeypatch.setattr(logging.getLogger("mlflow"), "propagate", True)

@@ -6,8 +6,8 @@ import statistics
 import pytest
 from hydra import compose, initialize_config_dir
 
-from sweeplab import compare, errors, tracking
-from sweeplab.report import report
+from sweeplab import errors, report, tracking
+from sweeplab.report.command import write_report
 
 from apps import run_app
 from conftest import ROOT
@@ -58,7 +58,7 @@ def test_multirun_writes_the_report_into_its_sweep_folder(sweep):
 def test_figure_has_four_axes_with_one_line_per_run(sweep):
     sweep_id = job_runs(sweep)[0].data.tags["sweeplab.sweep"]
     tracking.use_store(sweep["client"].tracking_uri)
-    result = compare.build_report(sweep["experiment"].experiment_id, sweep_id, log_to_mlflow=False)
+    result = report.build_report(sweep["experiment"].experiment_id, sweep_id, log_to_mlflow=False)
     axes = result.figure.axes
     assert [ax.get_title() for ax in axes] == ["Test accuracy", "Test loss", "Train accuracy", "Train loss"]
     for ax in axes:
@@ -122,7 +122,7 @@ def report_cfg(*overrides):
 
 def test_on_demand_report_logs_to_the_same_parent(sweep, tmp_path, capsys):
     out = tmp_path / "again"
-    report(report_cfg("sweep=latest", f"tracking.store_dir={sweep['store']}", f"out={out}"))
+    write_report(report_cfg("sweep=latest", f"tracking.store_dir={sweep['store']}", f"out={out}"))
     assert "| optimizer.lr=0.05 |" in capsys.readouterr().out
     with open(out / "comparison.csv") as f:
         again = list(csv.DictReader(f))
@@ -134,7 +134,7 @@ def test_on_demand_report_logs_to_the_same_parent(sweep, tmp_path, capsys):
 def test_on_demand_report_of_an_unknown_sweep_is_one_line(sweep, capsys):
     cfg = report_cfg("sweep=nope", f"tracking.store_dir={sweep['store']}", "log_to_mlflow=false")
     with pytest.raises(SystemExit) as exit_info:
-        errors.run_task(report, cfg)
+        errors.run_task(write_report, cfg)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no runs of sweep nope")

@@ -79,6 +79,6 @@ def test_credentials_in_a_uri_and_secret_keys_appear_nowhere(tmp_path, tiny_npz,
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
         experiment_id = tracking.setup(OmegaConf.create({"uri": uri, "store_dir": "", "experiment": "from-env"}))
-        with tracking.run(experiment_id, "alice-from-env") as run_id:
+        with tracking.open_run(experiment_id, "alice-from-env") as run_id:
             tracking.log_metrics({"x": 1.0})
         assert client.get_run(run_id).info.status == "FINISHED"

@@ -6,6 +6,6 @@ import os
 # (its thread removes an environment variable while requests reads it): off unless the user says otherwise.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from sweeplab.settings import register_resolvers  # noqa: E402
+from sweeplab.paths import register_resolvers  # noqa: E402
 
 register_resolvers()

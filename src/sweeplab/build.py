@@ -12,9 +12,9 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.data import Augment, Dataset, DeviceLoader, Split, from_config
+from sweeplab.device import resolve_device
 from sweeplab.engine import Trainer
 from sweeplab.errors import ConfigError
-from sweeplab.settings import resolve_device
 
 
 @contextmanager

@@ -1,14 +1,14 @@
-"""Checkpoint files: written atomically (temp file + rename), read with a clear error."""
+"""Checkpoint files: written atomically, read with a clear error."""
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
 
+from sweeplab.atomic import atomic_write
 from sweeplab.errors import ConfigError
 
 
@@ -17,16 +17,10 @@ class CheckpointError(ConfigError):
 
 
 def save(state: dict, path: str | Path) -> Path:
-    """Write ``state`` so that a kill at any moment leaves either the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    """Write ``state`` atomically: a kill at any moment leaves either the old file or the new one."""
+    with atomic_write(path) as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def load(path: str | Path, map_location="cpu") -> dict:

@@ -180,26 +180,31 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     # -- the loop --------------------------------------------------------------------------------
-    def fit(self, epochs: int) -> list[dict]:
+    def fit(self, epochs: int, *, checkpoint_dir: str | Path | None = None, callbacks=()) -> list[dict]:
         """Train from ``self.epoch + 1`` to ``epochs``; return the per-epoch metrics.
 
+        ``checkpoint_dir`` (where last.pt and best.pt go) and ``callbacks`` (added to the trainer's own
+        for this fit, e.g. the run's MLflow logger) are what only the caller knows once its run exists.
         Each epoch's dict holds train_loss/acc, test_loss/acc (val_* too with a validation
         split), lr (the one the epoch trained with), epoch_time, images_per_sec, eval_time.
         """
+        if checkpoint_dir is not None:
+            self.checkpoint_dir = Path(checkpoint_dir)
+        listeners = [*self.callbacks, *callbacks]
         if self.compile and self.compile_seconds is None:
             self.warm_up()
-        for cb in self.callbacks:
+        for cb in listeners:
             cb.on_fit_start(self)
         try:
-            self._epochs(epochs)
+            self._epochs(epochs, listeners)
         except (KeyboardInterrupt, SystemExit):  # a signal or a cluster's requeue: keep the last complete epoch
             self._save_unsaved()
             raise
-        for cb in self.callbacks:
+        for cb in listeners:
             cb.on_fit_end(self)
         return self.history
 
-    def _epochs(self, epochs: int) -> None:
+    def _epochs(self, epochs: int, listeners: list) -> None:
         for epoch in range(self.epoch + 1, epochs + 1):
             lr = self.lr
             metrics = {"epoch": epoch, **self.train_epoch(epoch), "lr": lr}
@@ -222,7 +227,7 @@ class Trainer:
                 f"({100 * test['acc']:.2f}%)"
             )
             self._checkpoint(epoch, epochs, improved=self.best["epoch"] == epoch)
-            for cb in self.callbacks:
+            for cb in listeners:
                 cb.on_epoch_end(self, metrics)
 
     def _step_scheduler(self, metrics: dict) -> None:

@@ -17,11 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sweeplab import job, plots, tracking
+from sweeplab.checks import cam_target, check_explain
 from sweeplab.classifier import Classifier
 from sweeplab.data import DeviceLoader, from_config
+from sweeplab.device import resolve_device
 from sweeplab.engine import evaluate
 from sweeplab.errors import ConfigError
-from sweeplab.settings import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ FILES = {
     "summary": "summary.json",
 }
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
-TARGETS = ("predicted", "true")
 
 
 class ExplainError(ConfigError):
@@ -72,35 +72,6 @@ def cam_method(name: str) -> type:
     if _key(name) not in methods:
         raise ExplainError(f"method={name!r} is not a pytorch-grad-cam method; use one of {', '.join(method_names())}")
     return methods[_key(name)]
-
-
-def target_of(cfg: DictConfig) -> str:
-    """``target=true`` reaches the config as the YAML boolean."""
-    return "true" if cfg.target is True else str(cfg.target)
-
-
-def check_options(cfg: DictConfig) -> None:
-    """Everything about the command's own options, before the store is touched."""
-    for key, minimum in (("num_images", 1), ("cols", 1), ("batch_size", 1)):
-        value = cfg[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ExplainError(f"{key}={value!r} must be an integer >= {minimum}")
-    if cfg.rows is not None:
-        if isinstance(cfg.rows, bool) or not isinstance(cfg.rows, int) or cfg.rows < 1:
-            raise ExplainError(f"rows={cfg.rows!r} must be an integer >= 1 (or null)")
-        if cfg.rows * cfg.cols < cfg.num_images:
-            raise ExplainError(
-                f"a {cfg.rows}x{cfg.cols} grid holds fewer than num_images={cfg.num_images} "
-                f"images; set rows=null or a larger grid"
-            )
-    if cfg.direction not in ("max", "min"):
-        raise ExplainError(f"direction={cfg.direction!r} must be max or min")
-    if target_of(cfg) not in TARGETS:
-        raise ExplainError(f"target={cfg.target!r} must be predicted or true")
-    for key in ("model_uri", "run_id", "sweep", "metric"):
-        if cfg[key] is not None and not re.fullmatch(r"[\w.\-:/@ ]+", str(cfg[key])):
-            raise ExplainError(f"{key}={cfg[key]!r} contains characters an MLflow id or metric name cannot")
-    cam_method(cfg.method)
 
 
 # -- which run ----------------------------------------------------------------------------------
@@ -237,7 +208,7 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def explain(cfg: DictConfig) -> Explanation:
-    check_options(cfg)
+    check_explain(cfg)
     method = cam_method(cfg.method)
     device = resolve_device(cfg.device)
     run = pick_run(cfg)
@@ -273,7 +244,7 @@ def explain(cfg: DictConfig) -> Explanation:
         )
 
     idx = wrong[: cfg.num_images]
-    targets = (preds if target_of(cfg) == "predicted" else labels)[idx].tolist()
+    targets = (preds if cam_target(cfg) == "predicted" else labels)[idx].tolist()
     x = loader.normalize(data.test.images[idx].to(device))
     cams = compute_cams(model, layer, method, x, targets)
     files = write_outputs(cfg, run, data.classes, data.test.images[idx], idx, preds, labels, targets, cams, result)
@@ -298,7 +269,7 @@ def write_outputs(
     overlays = [show_cam_on_image(image, cam, use_rgb=True) for image, cam in zip(rgb, cams)]
     titles = [f"Predicted: {classes[preds[i]]}\nActual: {classes[labels[i]]}" for i in idx.tolist()]
     rows = cfg.rows or -(-n // cfg.cols)
-    what = f"{cfg.method} on {cfg.target_layer}, {target_of(cfg)} class"
+    what = f"{cfg.method} on {cfg.target_layer}, {cam_target(cfg)} class"
     head = f"run {run.name or run_id[:8]} ({run_id[:8]}), test acc {100 * result['acc']:.2f}%"
     plots.save(plots.image_grid_figure(overlays, titles, rows, cfg.cols, f"{what}\n{head}"), files["grid"])
     plots.save(plots.image_heatmap_pairs_figure(rgb, cams, titles, cfg.cols, f"{what}\n{head}"), files["pairs"])
@@ -324,7 +295,7 @@ def write_outputs(
         "metric_value": run.metrics.get(str(cfg.metric)),
         "method": str(cfg.method),
         "target_layer": str(cfg.target_layer),
-        "target": target_of(cfg),
+        "target": cam_target(cfg),
         "grid": [rows, cfg.cols],
         "test_acc": result["acc"],
         "test_images": int(len(labels)),

@@ -11,8 +11,9 @@ on other machines), where environment variables set after the workers started wo
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from sweeplab.atomic import atomic_write
 
 # Overrides that say where things are or how they run, not what the experiment is.
 ENVIRONMENT_KEYS = (
@@ -68,11 +69,9 @@ def _multirun_dir() -> Path | None:
 def write_sweep(sweep_dir: str | Path, **facts) -> dict:
     """Record (or update) the sweep's facts for its jobs; returns them all."""
     path = Path(sweep_dir) / SWEEP_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     merged = {**(json.loads(path.read_text()) if path.is_file() else {}), **facts}
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(merged))
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(merged))
     return merged
 
 
@@ -102,7 +101,7 @@ def run_name(job_overrides: list[str]) -> str:
     return " ".join(keep)[:250] or "defaults"
 
 
-def record_run(run_id: str) -> None:
+def note_run(run_id: str) -> None:
     """Note in the job's folder which MLflow run it logs to (a requeued job finds it there)."""
     out = output_dir()
     if out is not None:
@@ -110,7 +109,7 @@ def record_run(run_id: str) -> None:
         (out / RUN_FILE).write_text(run_id + "\n")
 
 
-def recorded_run(job_dir: str | Path | None = None) -> str | None:
+def noted_run(job_dir: str | Path | None = None) -> str | None:
     """The MLflow run a job folder (default: the current job's) logged to, if it got that far."""
     path = Path(job_dir or output_dir() or ".") / RUN_FILE
     return path.read_text().strip() or None if path.is_file() else None

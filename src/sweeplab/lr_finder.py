@@ -30,10 +30,10 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab import build, job, plots, tracking  # plots first: the Agg backend before torch-lr-finder imports pyplot
+from sweeplab.checks import check_lr_finder, min_steps, val_source
 from sweeplab.data import DeviceLoader, Split
 from sweeplab.engine import seed_everything
-from sweeplab.errors import ConfigError, RunFailed
-from sweeplab.settings import validate as validate_common
+from sweeplab.errors import RunFailed
 
 with warnings.catch_warnings():  # tqdm.autonotebook warns that it is experimental
     warnings.simplefilter("ignore")
@@ -41,9 +41,6 @@ with warnings.catch_warnings():  # tqdm.autonotebook warns that it is experiment
     from torch_lr_finder import LRFinder, TrainDataLoaderIter, ValDataLoaderIter
 
 log = logging.getLogger(__name__)
-
-VAL_SOURCES = ("none", "test", "val")
-STEP_MODES = ("exp", "linear")
 
 
 class NoSuggestionError(RunFailed):
@@ -88,65 +85,6 @@ class DeviceValIter(ValDataLoaderIter):
     @property
     def dataset(self):
         return self.data_loader.labels
-
-
-# -- configuration --------------------------------------------------------------------------------
-def _number(value, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{key}={value!r} must be a number")
-    return float(value)
-
-
-def _integer(value, key: str, minimum: int, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key}={value!r} must be an integer >= {minimum}")
-
-
-def min_steps(lr_finder: DictConfig) -> int:
-    """The fewest recorded steps the library's suggestion works with (``plot`` skips start and end)."""
-    return int(lr_finder.skip_start) + int(lr_finder.skip_end) + 2
-
-
-def validate(cfg: DictConfig) -> None:
-    """The common checks (settings.validate), then the lr_finder group; ConfigError on the first problem."""
-    validate_common(cfg)
-    lr_finder = cfg.get("lr_finder")
-    if lr_finder is None:
-        raise ConfigError("the config has no lr_finder group (run find_lr.py, or add lr_finder=default)")
-    start, end = _number(lr_finder.start_lr, "lr_finder.start_lr"), _number(lr_finder.end_lr, "lr_finder.end_lr")
-    if start <= 0:
-        raise ConfigError(f"lr_finder.start_lr={lr_finder.start_lr} must be positive")
-    if start >= end:
-        raise ConfigError(f"lr_finder.start_lr={lr_finder.start_lr} must be below lr_finder.end_lr={lr_finder.end_lr}")
-    _integer(lr_finder.runs, "lr_finder.runs", 1)
-    _integer(lr_finder.seed, "lr_finder.seed", 0)
-    _integer(lr_finder.skip_start, "lr_finder.skip_start", 0)
-    _integer(lr_finder.skip_end, "lr_finder.skip_end", 0)
-    _integer(lr_finder.num_iter, "lr_finder.num_iter", 2)
-    if lr_finder.num_iter < min_steps(lr_finder):
-        raise ConfigError(
-            f"lr_finder.num_iter={lr_finder.num_iter} is too few iterations for a suggestion: the "
-            f"library skips the first {lr_finder.skip_start} and last {lr_finder.skip_end} steps and needs "
-            f"at least {min_steps(lr_finder)} (raise lr_finder.num_iter or lower lr_finder.skip_start)"
-        )
-    if lr_finder.step_mode not in STEP_MODES:
-        raise ConfigError(f"lr_finder.step_mode={lr_finder.step_mode!r} must be one of {', '.join(STEP_MODES)}")
-    if not 0.0 <= _number(lr_finder.smooth_f, "lr_finder.smooth_f") < 1.0:
-        raise ConfigError(f"lr_finder.smooth_f={lr_finder.smooth_f} must lie in [0, 1)")
-    if not _number(lr_finder.diverge_th, "lr_finder.diverge_th") > 1.0:
-        raise ConfigError(f"lr_finder.diverge_th={lr_finder.diverge_th} must be above 1 (a multiple of the best loss)")
-    val = _val_source(lr_finder)
-    if val not in VAL_SOURCES:
-        raise ConfigError(f"lr_finder.val={lr_finder.val!r} must be one of {', '.join(VAL_SOURCES)}")
-    if val == "val" and not cfg.data.val_split:
-        raise ConfigError("lr_finder.val=val needs a held-out split (set data.val_split=N)")
-    _integer(lr_finder.val_subset, "lr_finder.val_subset", 1, optional=True)
-
-
-def _val_source(lr_finder: DictConfig) -> str:
-    return "none" if lr_finder.val is None or lr_finder.val is False else str(lr_finder.val)
 
 
 # -- one range test ---------------------------------------------------------------------------------
@@ -292,7 +230,7 @@ def sweep_command(values: list[str], overrides: list[str]) -> str:
 def _loaders(cfg: DictConfig, data, device: torch.device, seed: int):
     """The train loader as train.py builds it, and the loader of the validation source (or None)."""
     train = build.build_loaders(cfg, data, device, seed)[0]
-    source, subset = _val_source(cfg.lr_finder), cfg.lr_finder.val_subset
+    source, subset = val_source(cfg.lr_finder), cfg.lr_finder.val_subset
     if source == "none":
         return train, None
     split = data.test if source == "test" else data.val
@@ -314,7 +252,7 @@ def find(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     Raises ConfigError (before any work or MLflow run) for bad input and NoSuggestionError when no
     run could suggest an lr.
     """
-    validate(cfg)
+    check_lr_finder(cfg)
     tracking.protect(cfg)
     lr_finder, trainer = cfg.lr_finder, cfg.trainer
     device = build.device_of(cfg)
@@ -331,14 +269,14 @@ def find(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=float(trainer.label_smoothing))
     overrides = job.overrides()
     tags = {**tracking.tags_for(cfg, overrides, None, tracking.git_state()), "sweeplab.task": "lr_finder"}
-    val_desc = "training batch" if val_loader is None else f"{len(val_loader.labels)} {_val_source(lr_finder)} images"
+    val_desc = "training batch" if val_loader is None else f"{len(val_loader.labels)} {val_source(lr_finder)} images"
     log.info(
         f"LR range test: {lr_finder.runs} run(s), lr {lr_finder.start_lr:g} .. {lr_finder.end_lr:g} in "
         f"{lr_finder.num_iter} {lr_finder.step_mode} steps on {device}, loss of the {val_desc} after each step"
     )
 
     results: list[RunResult] = []
-    with tracking.run(experiment_id, "lr_finder " + job.run_name(overrides), tags=tags) as run_id:
+    with tracking.open_run(experiment_id, "lr_finder " + job.run_name(overrides), tags=tags) as run_id:
         tracking.log_params(tracking.flatten(cfg))
         tracking.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
         tracking.log_text("\n".join(overrides) + "\n", "config/overrides.txt")

@@ -23,9 +23,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from sweeplab import compare, errors, job, tracking
+from sweeplab import errors, job, report, tracking
+from sweeplab.checks import check_run
 from sweeplab.errors import ConfigError, RunFailed
-from sweeplab.settings import validate
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def validate_jobs(config: DictConfig, parsed) -> None:
     for batch in BasicSweeper.split_arguments(parsed, None):
         for overrides in batch:
             try:
-                validate(loader.load_sweep_config(config, list(overrides)))
+                check_run(loader.load_sweep_config(config, list(overrides)))
             except ConfigError as err:
                 raise ConfigError(f"job {' '.join(overrides)}: {err}") from None
 
@@ -93,16 +93,16 @@ class SweepCallback(Callback):
         atexit.unregister(_abandoned)
         # Jobs that failed before their MLflow run existed leave only this file in their folder.
         failed_jobs = sorted(
-            p.parent.name for p in sweep_dir.glob(f"*/{errors.FAILED_MARKER}") if not job.recorded_run(p.parent)
+            p.parent.name for p in sweep_dir.glob(f"*/{errors.FAILED_MARKER}") if not job.noted_run(p.parent)
         )
         try:
             experiment_id = tracking.setup(config.tracking)
-            runs = compare.job_runs(experiment_id, sweep_id)
+            runs = report.job_runs(experiment_id, sweep_id)
         except ConfigError as err:
             errors.fail(RunFailed(f"sweep {sweep_id}: {err}"))
         if runs:
             try:  # the report is a bonus: a broken one must not hide the sweep's own outcome
-                compare.announce(compare.build_report(experiment_id, sweep_id, sweep_dir / "report"))
+                report.announce(report.build_report(experiment_id, sweep_id, sweep_dir / "report"))
             except Exception as err:
                 log.error(f"sweep {sweep_id}: could not write the report: {type(err).__name__}: {err}")
         failed = [f"{r.name} ({r.status})" for r in runs if r.status != "FINISHED"]

@@ -12,11 +12,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab import build, checkpoint, job, plots, tracking
+from sweeplab.checks import check_run
 from sweeplab.classifier import Classifier
 from sweeplab.data import Dataset
 from sweeplab.engine import Trainer, seed_everything
 from sweeplab.errors import ConfigError
-from sweeplab.settings import validate
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def train(cfg: DictConfig) -> float:
 def unfinished_run_of_this_job(cfg: DictConfig) -> str | None:
     """The run this very job folder started and did not finish, with a checkpoint to resume from: a
     job that submitit requeued after a preemption or time limit reruns in its own folder."""
-    run_id = job.recorded_run()
+    run_id = job.noted_run()
     if run_id is None or not (Path(cfg.paths.checkpoint_dir) / run_id / "last.pt").is_file():
         return None
     tracking.setup(cfg.tracking)
@@ -71,7 +71,7 @@ def fit(cfg: DictConfig, resume: str | None = None) -> float:
     Everything that can be wrong with the input is checked, and every piece built, before the MLflow
     run is created. ``resume`` reopens that MLflow run and continues from its last checkpoint.
     """
-    validate(cfg)
+    check_run(cfg)
     tracking.protect(cfg)
     device = build.device_of(cfg)
     state = None
@@ -97,11 +97,10 @@ def fit(cfg: DictConfig, resume: str | None = None) -> float:
     name = cfg.tracking.get("run_name") or job.run_name(overrides)
 
     system_metrics = bool(cfg.tracking.get("system_metrics"))
-    with tracking.run(experiment_id, name, resume, tags, job.parent_run_id(), system_metrics) as run_id:
-        job.record_run(run_id)
+    with tracking.open_run(experiment_id, name, resume, tags, job.parent_run_id(), system_metrics) as run_id:
+        job.note_run(run_id)
         ckpt_dir = Path(cfg.paths.checkpoint_dir) / run_id
-        trainer.checkpoint_dir = ckpt_dir
-        trainer.callbacks.append(tracking.MlflowLogger(run_id))
+        logger = tracking.MlflowLogger(run_id)
         if state is not None:
             trainer.load_state_dict(state)
             tracking.set_tags({"sweeplab.resumed_from_epoch": state["epoch"]})
@@ -110,11 +109,12 @@ def fit(cfg: DictConfig, resume: str | None = None) -> float:
             _log_start(cfg, overrides, data, git, ckpt_dir)
         log.info(f"MLflow run {run_id} ({tracking.tracking_uri()}), checkpoints in {ckpt_dir}")
         try:
-            trainer.fit(cfg.trainer.epochs)
+            trainer.fit(cfg.trainer.epochs, checkpoint_dir=ckpt_dir, callbacks=[logger])
         except KeyboardInterrupt as err:
             err.hint = f"run {run_id} is KILLED, its last checkpoint kept; continue: python train.py resume={run_id}"
             raise
         finally:
+            logger.flush()
             _log_end(trainer, data, ckpt_dir, run_id)
     summary = trainer.summary()
     objective = summary.get(cfg.objective, trainer.history[-1].get(cfg.objective) if trainer.history else None)

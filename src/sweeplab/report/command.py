@@ -9,14 +9,15 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from sweeplab import compare, errors, tracking
+from sweeplab import errors, tracking
 from sweeplab.errors import ConfigError
-from sweeplab.settings import repo_root
+from sweeplab.paths import repo_root
+from sweeplab.report import REPORT_DIR_TAG, Report, announce, build_report
 
 log = logging.getLogger(__name__)
 
 
-def report(cfg: DictConfig) -> compare.Report:
+def write_report(cfg: DictConfig) -> Report:
     """Write (and log) the report of ``cfg.sweep`` (``latest``: the newest sweep)."""
     tracking.protect(cfg)
     experiment_id = tracking.find_experiment(cfg.tracking)
@@ -33,18 +34,14 @@ def report(cfg: DictConfig) -> compare.Report:
     out = cfg.out
     if out is None:
         previous = tracking.sweep_parent(experiment_id, sweep_id)
-        out = previous and previous.tags.get(compare.REPORT_DIR_TAG)
+        out = previous and previous.tags.get(REPORT_DIR_TAG)
         if not out or not Path(out).parent.is_dir():
             out = Path(cfg.paths.log_dir) / "reports" / sweep_id
-    result = compare.build_report(experiment_id, sweep_id, Path(out), log_to_mlflow=bool(cfg.log_to_mlflow))
-    compare.announce(result)
+    result = build_report(experiment_id, sweep_id, Path(out), log_to_mlflow=bool(cfg.log_to_mlflow))
+    announce(result)
     return result
 
 
 @hydra.main(version_base="1.3", config_path=str(repo_root() / "conf"), config_name="report")
 def main(cfg: DictConfig) -> None:
-    errors.run_task(report, cfg)
-
-
-if __name__ == "__main__":
-    main()
+    errors.run_task(write_report, cfg)

@@ -1,0 +1,5 @@
+"""``python -m sweeplab.report``: see sweeplab.report.command."""
+
+from sweeplab.report.command import main
+
+main()

@@ -1,0 +1,47 @@
+"""The tracking package's vocabulary: the tags it writes and what the rest of the project knows of a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SWEEP_TAG = "sweeplab.sweep"
+FAILURE_TAG = "sweeplab.failure"
+KIND_TAG = "sweeplab.kind"  # "sweep" on a sweep's parent run
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's nested runs: the UI folds a sweep's jobs under it
+MODEL_NAME = "model"  # the name each training run logs its best weights under
+BEST_ALIAS = "best"  # the registry alias of the best version so far
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the jobs need to know of an MLflow run."""
+
+    run_id: str
+    name: str
+    experiment_id: str
+    status: str  # RUNNING, FINISHED, FAILED, KILLED
+    start_time: int | None  # ms since the epoch
+    end_time: int | None
+    params: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)  # the latest value of each
+    tags: dict = field(default_factory=dict)
+
+    @property
+    def wall_time_s(self) -> float | None:
+        return (self.end_time - self.start_time) / 1000 if self.end_time and self.start_time else None
+
+
+def record_of(run) -> Run:
+    info, data = run.info, run.data
+    return Run(
+        info.run_id,
+        info.run_name or "",
+        info.experiment_id,
+        info.status,
+        info.start_time,
+        info.end_time,
+        dict(data.params),
+        dict(data.metrics),
+        dict(data.tags),
+    )
