@@ -12,7 +12,7 @@ import runpy
 import sys
 from typing import NamedTuple
 
-from conftest import ROOT
+from support import ROOT
 
 
 class Result(NamedTuple):

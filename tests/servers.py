@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from conftest import _shared, free_port, new_store, stop_process_group
+from support import _shared, free_port, new_store, stop_process_group
 
 FAST_HASH = Path(__file__).resolve().parent / "fast_hash"
 # What a server started here must not inherit from the caller's shell.

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from apps import Result, run_app
-from conftest import TINY, locked, mlflow_client, new_store, session_folder
+from support import TINY, locked, mlflow_client, new_store, session_folder
 
 # Fewer images than TINY's default: most sweeps are needed for their runs, not for what they learn.
 SMALL = [o for o in TINY if not o.startswith(("data.train_limit", "data.test_limit"))] + [

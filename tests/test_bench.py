@@ -9,7 +9,7 @@ import re
 import pytest
 
 from apps import run_app
-from conftest import ROOT, TINY
+from support import ROOT, TINY
 
 
 @pytest.mark.slow

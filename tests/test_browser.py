@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import stop_process_group
 from servers import start_mlflow, wait_until_up
+from support import stop_process_group
 from sweeps import sweep_store, two_run_sweep
 
 pytestmark = pytest.mark.slow

@@ -16,8 +16,8 @@ from sweeplab import tracking
 from sweeplab.explain import load_test_set
 
 from apps import run_app
-from conftest import mlflow_client, where
 from images import CLASSES, make_folder
+from support import mlflow_client, where
 
 pytestmark = pytest.mark.slow
 MODEL = ["model=resnet18_narrow", "model.width=4", "trainer.device=cpu", "trainer.batch_size=12"]

@@ -14,7 +14,7 @@ from sweeplab.checks import check_run
 from sweeplab.device import resolve_device
 from sweeplab.errors import ConfigError
 
-from conftest import ROOT
+from support import ROOT
 
 GROUPS = ["model", "optimizer", "scheduler", "augmentation", "data", "trainer", "tracking", "paths", "experiment"]
 

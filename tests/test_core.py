@@ -8,7 +8,7 @@ from sweeplab.data import Augment, DataError, DeviceLoader, Split, load_dataset
 from sweeplab.engine import Trainer, seed_everything
 from sweeplab.models import resnet18
 
-from conftest import write_npz
+from support import write_npz
 
 CPU = torch.device("cpu")
 

@@ -18,7 +18,7 @@ from sweeplab.explain import FILES, ExplainError, cam_method, explain, resolve_l
 from sweeplab.models import resnet18
 
 from apps import run_app
-from conftest import ROOT
+from support import ROOT
 from sweeps import registry_sweeps
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,7 @@ from sweeplab.errors import ConfigError
 from sweeplab.models import resnet18
 
 from apps import run_app
-from conftest import ROOT, TINY, mlflow_client, where
+from support import ROOT, TINY, mlflow_client, where
 
 PNG = b"\x89PNG\r\n\x1a\n"
 START, END = 1e-3, 0.1

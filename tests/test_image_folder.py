@@ -19,8 +19,8 @@ from sweeplab.checks import check_run
 from sweeplab.data import CIFAR100_CLASSES, DataError, channel_stats, scan_image_folder
 from sweeplab.errors import ConfigError
 
-from conftest import ROOT
 from images import CLASSES, draw, make_folder, write_images
+from support import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from sweeplab import build, tracking
 from sweeplab.checks import check_run
 from sweeplab.errors import ConfigError
 
-from conftest import ROOT, new_store
+from support import ROOT, new_store
 
 GROUPS = ("model", "optimizer", "scheduler", "augmentation", "data", "experiment")
 # Scalars a user could set wrongly; paths and where-things-are keys are out of scope here.

@@ -88,7 +88,7 @@ def test_four_processes_create_one_new_store_at_once(tmp_path):
         proc.join(timeout=300)
     messages = [errors.get() for _ in range(errors.qsize())] if not errors.empty() else []
     assert [p.exitcode for p in procs] == [0, 0, 0, 0] and not messages, messages
-    from conftest import mlflow_client
+    from support import mlflow_client
 
     client = mlflow_client(store)
     runs = client.search_runs([client.get_experiment_by_name("new").experiment_id])
@@ -109,7 +109,7 @@ def test_a_dataset_a_parallel_job_inserted_first_is_linked_again(tmp_path, monke
 
     from sweeplab import tracking
 
-    from conftest import new_store
+    from support import new_store
 
     new_store(tmp_path)
     experiment_id = tracking.setup(OmegaConf.create({"uri": None, "store_dir": str(tmp_path), "experiment": "race"}))

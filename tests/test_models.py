@@ -16,7 +16,7 @@ from sweeplab.checks import check_run
 from sweeplab.errors import ConfigError
 from sweeplab.explain import ExplainError, cam_method, compute_cams, resolve_layer
 
-from conftest import ROOT
+from support import ROOT
 
 CPU = torch.device("cpu")
 

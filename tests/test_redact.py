@@ -27,7 +27,7 @@ from sweeplab.redact import (
     uri_secrets,
 )
 
-from conftest import ROOT
+from support import ROOT
 
 SCHEMES = ["http", "https", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql", "mysql+pymysql"]
 SCHEMES += ["mssql", "mssql+pyodbc", "redis"]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import entry_env
+from support import entry_env
 from sweeps import registry_sweeps
 
 pytestmark = pytest.mark.slow

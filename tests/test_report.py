@@ -10,7 +10,7 @@ from sweeplab import errors, report, tracking
 from sweeplab.report.command import write_report
 
 from apps import run_app
-from conftest import ROOT
+from support import ROOT
 from sweeps import failed_sweep, two_run_sweep
 
 pytestmark = pytest.mark.slow  # sweeps through the real entry point

@@ -4,16 +4,10 @@ its best model. In-process through the real entry points."""
 import pytest
 
 from apps import run_app
-from conftest import TINY, mlflow_client, where
+from support import TINY
 
 pytestmark = pytest.mark.slow
 SMALL = [*TINY, "data.train_limit=100", "data.test_limit=50", "trainer.epochs=2"]
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny_npz):
-    tmp = tmp_path_factory.mktemp("resume")
-    return {"tmp": tmp, "where": where(tmp, tiny_npz), "client": mlflow_client(tmp / "mlruns")}
 
 
 def trained(store, name, *overrides):

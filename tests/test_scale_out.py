@@ -15,7 +15,9 @@ from typing import NamedTuple
 import pytest
 
 from apps import run_app
-from conftest import (
+from pause import pause_overrides
+from servers import mlflow_server, start_postgres
+from support import (
     ROOT,
     TINY,
     child_pythonpath,
@@ -24,8 +26,6 @@ from conftest import (
     mlflow_client,
     where,
 )
-from pause import pause_overrides
-from servers import mlflow_server, start_postgres
 
 ONE_EPOCH = [*TINY, "trainer.epochs=1", "trainer.checkpoint_every=0"]
 

@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 from sweeplab import tracking
 
 from apps import run_app
-from conftest import TINY
 from servers import auth_server
+from support import TINY
 
 pytestmark = pytest.mark.slow
 PASSWORD = "Alice-s3cret-pw-0123"

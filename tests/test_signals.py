@@ -8,19 +8,13 @@ import signal
 import pytest
 
 from apps import run_app
-from conftest import TINY, epoch_metrics, mlflow_client, where
 from pause import pause_overrides
+from support import TINY, epoch_metrics
 
 pytestmark = pytest.mark.slow
 # Checkpoints every 2 epochs: a signal after epoch 1 finds no last.pt of epoch 1 on disk until the
 # interrupted run writes it.
 RUN = [*TINY, "trainer.epochs=2", "trainer.checkpoint_every=2", "data.train_limit=100", "data.test_limit=50"]
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny_npz):
-    tmp = tmp_path_factory.mktemp("signals")
-    return {"tmp": tmp, "where": where(tmp, tiny_npz), "client": mlflow_client(tmp / "mlruns")}
 
 
 def named(store, name):

@@ -4,7 +4,7 @@ a child per job), help, and bad input."""
 import pytest
 
 from apps import run_app
-from conftest import TINY, mlflow_client
+from support import TINY, mlflow_client
 from sweeps import two_run_sweep
 
 EPOCHS = 2  # as sweeps.two_run_sweep trains
