@@ -46,14 +46,16 @@ def unfinished_run_of_this_job(cfg: DictConfig) -> str | None:
 
 
 def config_of(run_id: str, current: DictConfig) -> DictConfig:
-    """A run's saved config, with where-things-are (tracking, paths) and the command line's other
-    value overrides taken from the current invocation."""
+    """A run's saved config, with the groups that say where things are (job.ENVIRONMENT_GROUPS:
+    tracking, paths) and the command line's other value overrides taken from the current invocation."""
     tracking.setup(current.tracking)
     cfg = tracking.saved_config(str(run_id))
-    cfg.tracking, cfg.paths, cfg.origin_run = current.tracking, current.paths, str(run_id)
+    for group in job.ENVIRONMENT_GROUPS:
+        cfg[group] = current[group]
+    cfg.origin_run = str(run_id)
     for override in OverridesParser.create().parse_overrides(job.overrides()):
         key = override.get_key_element()
-        if key in ("resume", "reproduce") or key.startswith(("tracking.", "paths.")):
+        if key in ("resume", "reproduce") or key.split(".")[0] in job.ENVIRONMENT_GROUPS:  # taken whole above
             continue
         missing = not override.is_force_add() and OmegaConf.select(cfg, key, default=_MISSING) is _MISSING
         if missing or isinstance(OmegaConf.select(cfg, key), DictConfig):
