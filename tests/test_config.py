@@ -107,3 +107,61 @@ def test_cuda_without_a_gpu_is_a_clear_error():
     with pytest.raises(ConfigError, match="no CUDA device is available"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_a_grid_sweep_expands_to_every_job_in_hydras_order():
+    """sweep.grid (what the sweep callback checks before the first job) lays the jobs out as Hydra's basic
+    sweeper runs them: the product of the swept values, in command-line order, the last of a repeated key."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from sweeplab.sweep import grid
+
+    overrides = [
+        "optimizer.lr=0.1,0.01",
+        "+extra=1",
+        "trainer.epochs=range(1,4)",
+        "model=glob(resnet1*)",
+        "data.mean=[0.5,0.5,0.5]",
+        "tracking.run_name='a,b'",
+        "trainer.seed=choice(1,2)",
+        "trainer.seed=7",
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        jobs = grid(OverridesParser.create(config_loader=loader).parse_overrides(overrides))
+    assert len(jobs) == 2 * 3 * 2 and len({tuple(j) for j in jobs}) == 12
+    assert jobs[0] == [
+        "optimizer.lr=0.1",
+        "+extra=1",
+        "trainer.epochs=1",
+        "model=resnet18",
+        "data.mean=[0.5,0.5,0.5]",
+        "tracking.run_name='a,b'",
+        "trainer.seed=7",
+    ]
+    assert jobs[1][2:4] == ["trainer.epochs=1", "model=resnet18_narrow"]
+    assert jobs[-1][:4] == ["optimizer.lr=0.01", "+extra=1", "trainer.epochs=3", "model=resnet18_narrow"]
+    assert all(job[-1] == "trainer.seed=7" for job in jobs)
+
+
+def test_where_things_are_is_not_what_the_experiment_is():
+    """One list (job.ENVIRONMENT_GROUPS and ENVIRONMENT_KEYS) decides which overrides name a run, fill the
+    report's table and the sweep command find_lr.py prints, and which groups a rerun takes from its command."""
+    from sweeplab import job
+    from sweeplab.lr_finder import sweep_command
+
+    overrides = [
+        "optimizer.lr=0.1",
+        "tracking.uri=http://mlflow-host:5000",
+        "tracking=mlflow",
+        "paths.log_dir=/tmp/outputs",
+        "data.npz=/data/cifar10.npz",
+        "+trainer.device=cpu",
+        "data.train_limit=100",
+        "lr_finder.num_iter=50",
+    ]
+    assert job.experiment_overrides(overrides) == ["optimizer.lr=0.1", "data.train_limit=100", "lr_finder.num_iter=50"]
+    assert job.run_name(overrides) == "optimizer.lr=0.1 data.train_limit=100 lr_finder.num_iter=50"
+    assert sweep_command(["1e-2"], overrides) == "python train.py -m data.train_limit=100 optimizer.lr=1e-2"
+    assert set(job.ENVIRONMENT_GROUPS) <= set(cfg_with())  # groups a saved config's rerun takes whole
