@@ -41,8 +41,10 @@ class OptunaReport(Callback):
         job.write_sweep(sweep_dir, swept=list(dict.fromkeys(job.sweep(sweep_dir).get("swept", []) + searched)))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
-        value = job_return._return_value
-        if job_return.status == JobStatus.COMPLETED and isinstance(value, float) and math.isnan(value):
+        if job_return.status != JobStatus.COMPLETED:  # a failed job's return_value is its exception, raised
+            return
+        value = job_return.return_value
+        if isinstance(value, float) and math.isnan(value):
             job_return.status = JobStatus.FAILED
             job_return.return_value = TrialFailed("the job failed (its MLflow run says why); trial marked FAIL")
 
