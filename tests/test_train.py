@@ -4,7 +4,7 @@ a child per job), help, and bad input."""
 import pytest
 
 from apps import run_app
-from support import TINY, mlflow_client
+from support import ROOT, TINY, mlflow_client
 from sweeps import two_run_sweep
 
 EPOCHS = 2  # as sweeps.two_run_sweep trains
@@ -99,6 +99,34 @@ def test_store_and_outputs_stay_in_their_folders(sweep):
     for run in runs + parents:
         assert run.info.artifact_uri.startswith((tmp / "mlruns" / "artifacts").as_uri())
     assert list((tmp / "two_runs" / "train" / "multiruns").iterdir())
+
+
+def test_one_call_builds_a_run_and_its_model_normalizes_as_its_loaders(tiny_npz):
+    """build.build_run: device, data, seeded first weights and the trainer in one call; the model a run
+    logs (Classifier, given the data's [0, 1] mean and std) sees exactly what the trainer's loaders fed it."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from sweeplab import build
+    from sweeplab.classifier import Classifier
+
+    def pieces(*extra):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return build.build_run(compose("train", [*TINY, f"data.npz={tiny_npz}", "data.mean=null", *extra]))
+
+    run, again, other = pieces(), pieces(), pieces("trainer.seed=2")
+    assert (
+        run.device == torch.device("cpu")
+        and len(run.data.train) == 500
+        and run.trainer.train_loader.images.shape[0] == 500
+    )
+    first = [p.detach().clone() for p in run.trainer.model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(first, again.trainer.model.parameters()))  # seeded by trainer.seed
+    assert not all(torch.equal(a, b) for a, b in zip(first, other.trainer.model.parameters()))
+    assert run.data.mean != (0.4914, 0.4822, 0.4465)  # data.mean=null: the data's own statistics
+    images = run.data.test.images[:8]
+    model = Classifier(run.trainer.model, run.data.mean, run.data.std, run.data.classes)
+    assert torch.equal(model.normalize(images), run.trainer.test_loader.normalize(images))
 
 
 def test_help_lists_the_groups():

@@ -255,7 +255,7 @@ def find(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     tracking.protect(cfg)
     lr_finder, trainer = cfg.lr_finder, cfg.trainer
     device = build.device_of(cfg)
-    data = build.load_data(cfg)
+    data = build.load_data(cfg, device)
     settings = dict(
         device=device,
         precision=build.precision_of(cfg, device),
@@ -267,7 +267,7 @@ def find(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     experiment_id = tracking.setup(cfg.tracking)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=float(trainer.label_smoothing))
     overrides = job.overrides()
-    tags = {**tracking.tags_for(cfg, overrides, None, tracking.git_state()), "sweeplab.task": "lr_finder"}
+    tags = {**tracking.tags_for(trainer.seed, overrides, None, tracking.git_state()), "sweeplab.task": "lr_finder"}
     val_desc = "training batch" if val_loader is None else f"{len(val_loader.labels)} {val_source(lr_finder)} images"
     log.info(
         f"LR range test: {lr_finder.runs} run(s), lr {lr_finder.start_lr:g} .. {lr_finder.end_lr:g} in "

@@ -92,7 +92,7 @@ class SweepCallback(Callback):
         except ConfigError as err:
             errors.fail(err)
         sweep_id = new_sweep_id()
-        tags = tracking.tags_for(config, list(config.hydra.overrides.task), sweep_id, tracking.git_state())
+        tags = tracking.tags_for(config.trainer.seed, list(config.hydra.overrides.task), sweep_id, tracking.git_state())
         parent = tracking.create_run(experiment_id, sweep_name(parsed, config), {**tags, tracking.KIND_TAG: "sweep"})
         swept = [o.get_key_element() for o in parsed if o.is_sweep_override()]
         job.write_sweep(config.hydra.sweep.dir, id=sweep_id, parent_run_id=parent, swept=swept)
