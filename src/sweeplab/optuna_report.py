@@ -1,7 +1,7 @@
 """The Hydra callback that goes with the Optuna sweeper (conf/hparams_search/*.yaml).
 
 - Run names: each trial's MLflow run is named after the searched values (``optimizer.lr=...``).
-- Failed trials: a job that fails returns NaN (see sweeplab.run); Optuna 2.x refuses to be told
+- Failed trials: a job that fails returns NaN (see sweeplab.errors); Optuna 2.x refuses to be told
   NaN, and the plugin then crashes the whole study. The callback turns such a job into a failed
   Hydra job, which the sweeper records as a FAIL trial, so the study goes on.
 - The result: the best params and value are printed and logged to the sweep's parent run (params

@@ -1,4 +1,4 @@
-"""What happens around a multirun (the Hydra callback set in conf/hydra/default.yaml).
+"""What happens around a multirun (the Hydra callback set in conf/train.yaml: train.py's multiruns).
 
 Before the first job: every job's config and the store are checked, and the sweep gets an id and
 an MLflow parent run, named after what it varies; every job's run is nested under it (its id
