@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 
 import sweeplab  # noqa: F401  (resolvers)
 from sweeplab.build import build_model, build_scheduler
@@ -36,11 +36,18 @@ def test_every_group_option_composes_and_validates(group, option):
     cfg = cfg_with(f"{group}={option}", "trainer.device=cpu", *extra)
     check_run(cfg)
     model = build_model(cfg, torch.device("cpu"), num_classes=3)  # the data's count, where the config has null
+    classes = cfg.model.num_classes or 3
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, classes)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
-    scheduler, interval, _ = build_scheduler(cfg.scheduler, optimizer, epochs=3, steps_per_epoch=5)
-    assert isinstance(optimizer, torch.optim.Optimizer)
-    assert interval in ("epoch", "step")
-    assert scheduler is None or hasattr(scheduler, "step")
+    assert type(optimizer) is get_class(cfg.optimizer._target_) and optimizer.defaults["lr"] == cfg.optimizer.lr
+    scheduler, interval, monitor = build_scheduler(cfg.scheduler, optimizer, epochs=3, steps_per_epoch=5)
+    if not cfg.scheduler:  # scheduler=none
+        assert (scheduler, interval, monitor) == (None, "epoch", None)
+        return
+    assert type(scheduler) is get_class(cfg.scheduler._target_)
+    assert (interval, monitor) == (cfg.scheduler.get("interval", "epoch"), cfg.scheduler.get("monitor"))
+    optimizer.step()
+    scheduler.step(1.0) if monitor else scheduler.step()  # one step of the schedule as the trainer takes it
 
 
 def test_defaults_are_the_baseline_recipe():
