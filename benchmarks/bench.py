@@ -229,7 +229,6 @@ def bench_recipes(recipes: list[str], device, npz: str | None, max_epochs: int |
 
     from sweeplab import build
     from sweeplab.checks import check_run
-    from sweeplab.engine import seed_everything
 
     with initialize_config_dir(str(ROOT / "conf"), version_base=None):
         for recipe in recipes:
@@ -244,9 +243,7 @@ def bench_recipes(recipes: list[str], device, npz: str | None, max_epochs: int |
                 ],
             )
             check_run(cfg)
-            data = build.load_data(cfg)
-            seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
-            trainer = build.build_trainer(cfg, device, data)
+            trainer = build.build_run(cfg).trainer  # as train.py builds it, seeded
             epochs = min(cfg.trainer.epochs, max_epochs or cfg.trainer.epochs)
             start = time.perf_counter()
             history = trainer.fit(epochs)

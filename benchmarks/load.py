@@ -4,17 +4,17 @@
     python benchmarks/load.py --n 2 --epochs 3 --backends sqlite --modes async
     python benchmarks/load.py --backends sqlite,server-sqlite,postgres --modes async,sync
 
-Each job is its own process and does, through sweeplab.tracking, what ``run.py`` does around the
+Each job is its own process and does, through sweeplab.tracking, what ``training.py`` does around the
 training, without the training: ``tracking.setup`` (the store check, the experiment), the run
 started with tags, ~100 params (like the flattened config), ``--epochs`` x 10 metrics with
 ``step=epoch``, the run-level summary, three small artifacts (a YAML config, a PNG, a text log),
 the run ended. ``--epoch-seconds`` stands in for an epoch's training between two epochs' metrics.
 Two ways to log an epoch (``--modes``):
 
-- ``async``: what sweeplab does, ``tracking.MlflowLogger``: ``log_batch(synchronous=False)`` per epoch
-  (MLflow's logging thread writes them, merging what queued within a second), then at the end of
-  the fit a flush and the summary. A write that fails there raises nothing in the job: MLflow logs
-  an error and drops the batch; this benchmark counts those log records as errors.
+- ``async``: what sweeplab does, ``tracking.MlflowLogger``: one ``log_batch`` per epoch, written in
+  order by the logger's own background thread, then at the end of the fit a flush (which waits for
+  every write) and the summary. A write the store refused is written again, synchronously, at the
+  next epoch or at the flush; one refused again raises in the job, which this benchmark counts.
 - ``sync``: each epoch a synchronous ``tracking.log_metrics`` (one request, waited for), the way
   code without MLflowLogger logs; its latency is the store's write latency that ``async`` hides.
 
@@ -181,7 +181,7 @@ def _line(err: BaseException) -> str:
 
 
 def job(index: int, spec: dict, barrier, results) -> None:
-    """One job: log a run the way run.py does; put its timings and errors on ``results``."""
+    """One job: log a run the way training.py does; put its timings and errors on ``results``."""
     out = {"job": index, "run_id": None, "times": defaultdict(list), "errors": []}
     try:
         # MLflow's own console output (a database error is a screenful) goes to the job's file, not the table's.
@@ -290,7 +290,7 @@ def backend_store(name: str, base: Path, workers: int, env: dict | None = None):
 
 def fresh_sqlite_store(store_dir: Path, base: Path) -> None:
     """An empty SQLite store in ``store_dir``: a copy of one migrated once (MLflow takes ~10 s to
-    create and migrate its tables; the copy is the same database, as tests/conftest.py does)."""
+    create and migrate its tables; the copy is the same database, as tests/support.py does)."""
     template = base / "template" / "mlflow.db"
     if not template.exists():
         from mlflow.tracking import MlflowClient
@@ -465,17 +465,17 @@ def print_tables(rows: list[dict]) -> None:
 
 
 def code_state() -> str:
-    """The commit measured, and whether tracking.py (what the jobs run) differs from it."""
+    """The commit measured, and whether the tracking package (what the jobs run) differs from it."""
     import subprocess
 
     def git(*a):
         return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True).stdout.strip()
 
     try:
-        commit, changed = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "src/sweeplab/tracking.py")
+        commit, changed = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "src/sweeplab/tracking")
     except OSError:
         return "sweeplab (no git)"
-    return f"sweeplab {commit or '?'}" + (" with tracking.py changed" if changed else "")
+    return f"sweeplab {commit or '?'}" + (" with the tracking package changed" if changed else "")
 
 
 def parse_args(argv=None):

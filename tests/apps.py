@@ -2,7 +2,7 @@
 process, exactly as their command lines would run them, but without a new interpreter's seconds of
 imports: ``run_app("train.py", "-m", "optimizer.lr=0.1,0.2", ...)``. A subprocess proves nothing more
 for what these tests check; tests of signals, concurrent processes and the launchers' workers still
-start real processes (conftest.run_entry)."""
+start real processes (support.run_entry)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 
 import sweeplab  # noqa: F401  (resolvers)
 from sweeplab.build import build_model, build_scheduler
@@ -36,11 +36,18 @@ def test_every_group_option_composes_and_validates(group, option):
     cfg = cfg_with(f"{group}={option}", "trainer.device=cpu", *extra)
     check_run(cfg)
     model = build_model(cfg, torch.device("cpu"), num_classes=3)  # the data's count, where the config has null
+    classes = cfg.model.num_classes or 3
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, classes)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
-    scheduler, interval, _ = build_scheduler(cfg.scheduler, optimizer, epochs=3, steps_per_epoch=5)
-    assert isinstance(optimizer, torch.optim.Optimizer)
-    assert interval in ("epoch", "step")
-    assert scheduler is None or hasattr(scheduler, "step")
+    assert type(optimizer) is get_class(cfg.optimizer._target_) and optimizer.defaults["lr"] == cfg.optimizer.lr
+    scheduler, interval, monitor = build_scheduler(cfg.scheduler, optimizer, epochs=3, steps_per_epoch=5)
+    if not cfg.scheduler:  # scheduler=none
+        assert (scheduler, interval, monitor) == (None, "epoch", None)
+        return
+    assert type(scheduler) is get_class(cfg.scheduler._target_)
+    assert (interval, monitor) == (cfg.scheduler.get("interval", "epoch"), cfg.scheduler.get("monitor"))
+    optimizer.step()
+    scheduler.step(1.0) if monitor else scheduler.step()  # one step of the schedule as the trainer takes it
 
 
 def test_defaults_are_the_baseline_recipe():
@@ -107,3 +114,61 @@ def test_cuda_without_a_gpu_is_a_clear_error():
     with pytest.raises(ConfigError, match="no CUDA device is available"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_a_grid_sweep_expands_to_every_job_in_hydras_order():
+    """sweep.grid (what the sweep callback checks before the first job) lays the jobs out as Hydra's basic
+    sweeper runs them: the product of the swept values, in command-line order, the last of a repeated key."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from sweeplab.sweep import grid
+
+    overrides = [
+        "optimizer.lr=0.1,0.01",
+        "+extra=1",
+        "trainer.epochs=range(1,4)",
+        "model=glob(resnet1*)",
+        "data.mean=[0.5,0.5,0.5]",
+        "tracking.run_name='a,b'",
+        "trainer.seed=choice(1,2)",
+        "trainer.seed=7",
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        jobs = grid(OverridesParser.create(config_loader=loader).parse_overrides(overrides))
+    assert len(jobs) == 2 * 3 * 2 and len({tuple(j) for j in jobs}) == 12
+    assert jobs[0] == [
+        "optimizer.lr=0.1",
+        "+extra=1",
+        "trainer.epochs=1",
+        "model=resnet18",
+        "data.mean=[0.5,0.5,0.5]",
+        "tracking.run_name='a,b'",
+        "trainer.seed=7",
+    ]
+    assert jobs[1][2:4] == ["trainer.epochs=1", "model=resnet18_narrow"]
+    assert jobs[-1][:4] == ["optimizer.lr=0.01", "+extra=1", "trainer.epochs=3", "model=resnet18_narrow"]
+    assert all(job[-1] == "trainer.seed=7" for job in jobs)
+
+
+def test_where_things_are_is_not_what_the_experiment_is():
+    """One list (job.ENVIRONMENT_GROUPS and ENVIRONMENT_KEYS) decides which overrides name a run, fill the
+    report's table and the sweep command find_lr.py prints, and which groups a rerun takes from its command."""
+    from sweeplab import job
+    from sweeplab.lr_finder import sweep_command
+
+    overrides = [
+        "optimizer.lr=0.1",
+        "tracking.uri=http://mlflow-host:5000",
+        "tracking=mlflow",
+        "paths.log_dir=/tmp/outputs",
+        "data.npz=/data/cifar10.npz",
+        "+trainer.device=cpu",
+        "data.train_limit=100",
+        "lr_finder.num_iter=50",
+    ]
+    assert job.experiment_overrides(overrides) == ["optimizer.lr=0.1", "data.train_limit=100", "lr_finder.num_iter=50"]
+    assert job.run_name(overrides) == "optimizer.lr=0.1 data.train_limit=100 lr_finder.num_iter=50"
+    assert sweep_command(["1e-2"], overrides) == "python train.py -m data.train_limit=100 optimizer.lr=1e-2"
+    assert set(job.ENVIRONMENT_GROUPS) <= set(cfg_with())  # groups a saved config's rerun takes whole

@@ -221,14 +221,15 @@ def test_unknown_layer(sweep, explain_cfg, capsys, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def _fake_run(sweep, name: str, model: bool) -> str:
-    """A FINISHED run in the sweep's experiment with the best run's saved config and, if ``model``, a
-    model of its own (untrained; its files are the test's to break)."""
+def _fake_run(sweep, name: str, model: bool, config: bool = True) -> str:
+    """A FINISHED run in the sweep's experiment with (if ``config``) the best run's saved config and, if
+    ``model``, a model of its own (untrained; its files are the test's to break)."""
     client = sweep["client"]
     tracking.use_store(client.tracking_uri)
-    config = client.download_artifacts(sweep["best"].info.run_id, "config/config.yaml")
+    saved = client.download_artifacts(sweep["best"].info.run_id, "config/config.yaml")
     with tracking.open_run(sweep["experiment_id"], name) as run_id:
-        tracking.log_files([config], "config")
+        if config:
+            tracking.log_files([saved], "config")
         if model:
             net = Classifier(resnet18(width=4), [0.5] * 3, [0.25] * 3).eval()
             tracking.log_model(net, np.zeros((2, 3, 32, 32), dtype=np.uint8))
@@ -238,6 +239,11 @@ def _fake_run(sweep, name: str, model: bool) -> str:
 def test_run_without_model(sweep, explain_cfg, capsys):
     run_id = _fake_run(sweep, "no-model", model=False)
     assert f"run {run_id} (no-model) logged no model" in fails(explain_cfg(f"run_id={run_id}"), capsys)
+
+
+def test_run_without_saved_config(sweep, explain_cfg, capsys):
+    run_id = _fake_run(sweep, "no-config", model=True, config=False)
+    assert f"run {run_id} has no saved config (config/config.yaml)" in fails(explain_cfg(f"run_id={run_id}"), capsys)
 
 
 def test_corrupt_model(sweep, explain_cfg, capsys):
@@ -264,4 +270,4 @@ def test_no_misclassified_images_writes_nothing(sweep, explained, explain_cfg, c
         capsys,
     )
     assert f"classifies all {len(right)} test images correctly" in line
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists()

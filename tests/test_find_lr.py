@@ -260,6 +260,20 @@ def test_range_test_leaves_the_model_and_optimizer_as_they_came(tiny_parts):
     assert not opt.state  # no momentum buffers left behind
 
 
+@pytest.mark.parametrize("progress", [False, True])
+def test_the_library_bar_shows_only_with_progress_and_stdout_stays_ours(tiny_parts, capsys, progress):
+    _, loader = tiny_parts
+    model = resnet18(num_classes=10, width=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    lcfg = OmegaConf.merge(compose_find_lr().lr_finder, {"num_iter": 4, "skip_start": 0, "skip_end": 0, "val": "none"})
+    lr_finder.range_test(
+        model, opt, torch.nn.CrossEntropyLoss(), loader, None, lcfg, device=torch.device("cpu"), progress=progress
+    )
+    out, err = capsys.readouterr()
+    assert out == ""  # the library's remarks ("Learning rate search finished...") are debug log lines
+    assert ("4/4" in err) is progress  # tqdm's bar: "100%|...| 4/4 [...]"
+
+
 def test_train_iterator_draws_a_new_epoch_each_pass(tiny_parts):
     data, loader = tiny_parts
     it = lr_finder.DeviceTrainIter(loader)  # 500 images in 10 batches of 50

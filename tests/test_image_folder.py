@@ -88,6 +88,32 @@ def test_single_tree_split_is_seeded_and_stratified(tmp_path):
     assert other.key != plan.key  # the split is part of the cache key
 
 
+def test_files_are_found_recursively_by_extension_and_hidden_ones_are_left_out(tmp_path):
+    """Below each class folder, any depth, any case of an image extension, symbolic links followed; other
+    files and hidden files count as ignored; hidden folders (and hidden class folders) are not looked into."""
+    root = make_folder(tmp_path / "imgs", n_train=2, n_test=1)
+    nested = root / "train" / "disc" / "more" / "deeper"
+    write_images(nested, 1, 2, np.random.default_rng(1))
+    (nested / "000.png").rename(nested / "UPPER.PNG")
+    write_images(tmp_path / "elsewhere", 2, 1, np.random.default_rng(2))
+    (root / "train" / "square" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "train" / "disc" / "notes.txt").write_text("not an image")
+    (root / "train" / "disc" / ".hidden.png").write_bytes((nested / "UPPER.PNG").read_bytes())
+    write_images(root / "train" / "disc" / ".thumbnails", 1, 3, np.random.default_rng(3))
+    write_images(root / "train" / ".ipynb_checkpoints", 0, 2, np.random.default_rng(4))
+    (root / "train" / "README.txt").write_text("a file beside the class folders")
+    plan = scan_image_folder(root, 16)
+    assert plan.classes == CLASSES
+    train = {path: CLASSES[label] for path, label in plan.train}
+    assert train == {
+        **{f"train/{c}/{f}": c for c in CLASSES for f in ("000.png", "001.jpg")},
+        "train/disc/more/deeper/UPPER.PNG": "disc",
+        "train/disc/more/deeper/001.jpg": "disc",
+        "train/square/linked/000.png": "square",
+    }
+    assert plan.ignored == 3  # notes.txt, .hidden.png and README.txt; nothing below hidden folders
+
+
 def test_png_and_jpeg_of_any_size_and_mode_decode_to_the_square(tmp_path):
     rng = np.random.default_rng(0)
     img = draw(0, (50, 30), rng)
@@ -196,6 +222,7 @@ def test_test_classes_missing_from_train_are_an_error(tmp_path):
     [
         (lambda root: None, "does not exist"),
         (lambda root: root.mkdir(), "has no class folders"),
+        (lambda root: (root / ".ipynb_checkpoints").mkdir(parents=True), "has no class folders"),  # hidden
         (lambda root: (root / "test" / "a").mkdir(parents=True), "has test/ but no train/ folder"),
     ],
 )

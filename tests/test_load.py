@@ -123,8 +123,9 @@ def test_a_dataset_a_parallel_job_inserted_first_is_linked_again(tmp_path, monke
 
     monkeypatch.setattr(tracking.provenance.mlflow, "log_input", refused_once)
     images, labels = np.zeros((4, 2, 2, 3), np.uint8), np.arange(4)
+    data = tracking.DataInput("tiny-training", "training", images, labels, "ab" * 32, str(tmp_path / "x.npz"))
     with tracking.open_run(experiment_id, "racer") as run_id:
-        tracking.log_dataset("tiny-training", images, labels, "ab" * 32, str(tmp_path / "x.npz"), "training")
+        tracking.log_dataset(data)
     inputs = MlflowClient().get_run(run_id).inputs.dataset_inputs
     assert len(calls) == 2 and [d.dataset.name for d in inputs] == ["tiny-training"]
 
@@ -133,4 +134,4 @@ def test_a_dataset_a_parallel_job_inserted_first_is_linked_again(tmp_path, monke
 
     monkeypatch.setattr(tracking.provenance.mlflow, "log_input", refused)  # any other refusal still fails the job
     with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"), tracking.open_run(experiment_id, "other"):
-        tracking.log_dataset("tiny-training", images, labels, "ab" * 32, str(tmp_path / "x.npz"), "training")
+        tracking.log_dataset(data)

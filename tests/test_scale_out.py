@@ -235,7 +235,7 @@ def test_optuna_search_space_lives_in_one_config():
     cfg = _compose("hparams_search=optuna_lr")
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.storage is None
-    assert str(sweeper.direction) in ("maximize", "Direction.maximize")
+    assert getattr(sweeper.direction, "name", sweeper.direction) == "maximize"  # an enum in the plugin's schema
     assert sweeper.params["optimizer.lr"].startswith("tag(log")
     assert sweeper.params["optimizer.weight_decay"].startswith("tag(log")
     assert sweeper.params["trainer.batch_size"].startswith("choice(")
@@ -249,11 +249,20 @@ def test_a_failed_trial_reaches_optuna_as_a_failed_job():
 
     from sweeplab.optuna_report import OptunaReport, TrialFailed
 
-    failed = JobReturn(status=JobStatus.COMPLETED, _return_value=float("nan"))
+    def job_return(status, value):
+        done = JobReturn(status=status)
+        done.return_value = value
+        return done
+
+    failed = job_return(JobStatus.COMPLETED, float("nan"))
     OptunaReport().on_job_end(config=None, job_return=failed)
     assert failed.status == JobStatus.FAILED
     with pytest.raises(TrialFailed):
         failed.return_value  # noqa: B018  (what the sweeper reads)
-    good = JobReturn(status=JobStatus.COMPLETED, _return_value=0.5)
+    good = job_return(JobStatus.COMPLETED, 0.5)
     OptunaReport().on_job_end(config=None, job_return=good)
     assert good.status == JobStatus.COMPLETED and good.return_value == 0.5
+    crashed = job_return(JobStatus.FAILED, RuntimeError("the job's own error"))  # left as it is
+    OptunaReport().on_job_end(config=None, job_return=crashed)
+    with pytest.raises(RuntimeError, match="the job's own error"):
+        crashed.return_value  # noqa: B018

@@ -1,14 +1,18 @@
 """train.py end to end, in-process through its real entry point: a sweep into MLflow (one parent run,
 a child per job), help, and bad input."""
 
+import json
+
 import pytest
 
+from sweeplab import tracking
+
 from apps import run_app
-from support import TINY, mlflow_client
+from support import ROOT, TINY, mlflow_client
 from sweeps import two_run_sweep
 
 EPOCHS = 2  # as sweeps.two_run_sweep trains
-METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time", "images_per_sec")
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_time", "eval_time", "images_per_sec")
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +29,7 @@ def sweep(tiny_npz):
 @pytest.mark.slow
 def test_sweep_is_a_parent_run_with_one_finished_child_per_value(sweep):
     client, parents, runs, _ = sweep
+    git = tracking.git_state(ROOT)
     (parent,) = parents
     assert parent.info.run_name == "sweep optimizer.lr=0.05,0.02" and parent.info.status == "FINISHED"
     assert len(runs) == 2 and {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
@@ -41,8 +46,8 @@ def test_sweep_is_a_parent_run_with_one_finished_child_per_value(sweep):
             m.value for m in client.get_metric_history(run.info.run_id, "test_acc")
         )
         assert run.data.params["trainer.epochs"] == str(EPOCHS)
-        assert run.data.tags["mlflow.source.git.commit"]
-        assert run.data.tags["sweeplab.git_dirty"] in ("True", "False")
+        assert run.data.tags["mlflow.source.git.commit"] == git["commit"]  # the checkout the run came from
+        assert run.data.tags["sweeplab.git_dirty"] == str(git["dirty"])
         assert len(run.data.tags["sweeplab.data.train_sha256"]) == 64
         assert "optimizer.lr=" in run.data.tags["sweeplab.overrides"]
     # The parent holds the outcome: the best value, which child holds it, how many jobs finished.
@@ -64,7 +69,9 @@ def test_runs_carry_their_data_and_system_metrics(sweep):
         sha256 = run.data.tags["sweeplab.data.train_sha256"]
         assert train.dataset.digest == sha256[:36] and {t.key: t.value for t in train.tags}["sha256"] == sha256
         assert train.dataset.source_type == "local" and "tiny.npz" in train.dataset.source
-        assert '"num_rows": 100' in train.dataset.profile or "100" in train.dataset.profile  # data.train_limit=100
+        for name, rows in (("cifar10-training", 100), ("cifar10-testing", 100)):  # data.train_limit, test_limit
+            profile = json.loads(inputs[name].dataset.profile)
+            assert profile["features_shape"] == [rows, 3, 32, 32] and profile["targets_shape"] == [rows]
         assert "system/cpu_utilization_percentage" in run.data.metrics
         assert "system/system_memory_usage_megabytes" in run.data.metrics
 
@@ -99,6 +106,34 @@ def test_store_and_outputs_stay_in_their_folders(sweep):
     for run in runs + parents:
         assert run.info.artifact_uri.startswith((tmp / "mlruns" / "artifacts").as_uri())
     assert list((tmp / "two_runs" / "train" / "multiruns").iterdir())
+
+
+def test_one_call_builds_a_run_and_its_model_normalizes_as_its_loaders(tiny_npz):
+    """build.build_run: device, data, seeded first weights and the trainer in one call; the model a run
+    logs (Classifier, given the data's [0, 1] mean and std) sees exactly what the trainer's loaders fed it."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from sweeplab import build
+    from sweeplab.classifier import Classifier
+
+    def pieces(*extra):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return build.build_run(compose("train", [*TINY, f"data.npz={tiny_npz}", "data.mean=null", *extra]))
+
+    run, again, other = pieces(), pieces(), pieces("trainer.seed=2")
+    assert (
+        run.device == torch.device("cpu")
+        and len(run.data.train) == 500
+        and run.trainer.train_loader.images.shape[0] == 500
+    )
+    first = [p.detach().clone() for p in run.trainer.model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(first, again.trainer.model.parameters()))  # seeded by trainer.seed
+    assert not all(torch.equal(a, b) for a, b in zip(first, other.trainer.model.parameters()))
+    assert run.data.mean != (0.4914, 0.4822, 0.4465)  # data.mean=null: the data's own statistics
+    images = run.data.test.images[:8]
+    model = Classifier(run.trainer.model, run.data.mean, run.data.std, run.data.classes)
+    assert torch.equal(model.normalize(images), run.trainer.test_loader.normalize(images))
 
 
 def test_help_lists_the_groups():

@@ -1,10 +1,12 @@
 """The one place a config becomes the pieces of a run: device, data, model, optimizer, scheduler,
-loaders and the trainer. train, find_lr, explain and the benchmark all build through here."""
+loaders and the trainer; ``build_run`` builds a training run's pieces in one call. train, find_lr
+and the benchmark build through here."""
 
 from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,8 +15,28 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.data import Augment, Dataset, DeviceLoader, Split, from_config
 from sweeplab.device import resolve_device
-from sweeplab.engine import Trainer
+from sweeplab.engine import Trainer, seed_everything
 from sweeplab.errors import ConfigError
+
+
+@dataclass
+class RunPieces:
+    """A training run as built from its config: the device, the data (CPU tensors, with the
+    normalization the loaders use) and the trainer (model, optimizer, schedule, loaders) ready to fit."""
+
+    device: torch.device
+    data: Dataset
+    trainer: Trainer
+
+
+def build_run(cfg: DictConfig) -> RunPieces:
+    """Every piece of a training run, in one call and before any MLflow run exists: the device, the
+    data (checked against the batch size and the device's memory), the RNGs seeded (``trainer.seed``,
+    so the model's first weights are the seed's), then the trainer."""
+    device = device_of(cfg)
+    data = load_data(cfg, device)
+    seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
+    return RunPieces(device, data, build_trainer(cfg, device, data))
 
 
 @contextmanager
@@ -45,13 +67,14 @@ def channels_last_of(cfg: DictConfig, device: torch.device) -> bool:
     return device.type == "cuda" if cfg.trainer.channels_last == "auto" else bool(cfg.trainer.channels_last)
 
 
-def load_data(cfg: DictConfig) -> Dataset:
+def load_data(cfg: DictConfig, device: torch.device | None = None) -> Dataset:
     """The data set the config names, with its limits, validation split and normalization (CPU tensors);
-    a data set too large for the training device stops here, before an image folder is decoded."""
+    a data set too large for the training device (``device``, else ``trainer.device``) stops here,
+    before an image folder is decoded."""
     if cfg.data.get("path"):  # an image folder: absolute, so the run's saved config reruns from anywhere
         cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
     padding = int(cfg.augmentation.crop_padding) if cfg.get("augmentation") else 0
-    dataset = from_config(cfg.data, device_of(cfg), padding)
+    dataset = from_config(cfg.data, device or device_of(cfg), padding)
     if cfg.trainer.batch_size > len(dataset.train):
         raise ConfigError(
             f"trainer.batch_size={cfg.trainer.batch_size} is larger than the {len(dataset.train)} training images"
@@ -188,8 +211,8 @@ def build_callbacks(cfg: DictConfig) -> list:
 
 
 def build_trainer(cfg: DictConfig, device: torch.device, data: Dataset) -> Trainer:
-    """A Trainer with everything the config asks for, ready to fit; the training job adds the
-    checkpoint folder and the MLflow callback once its run exists."""
+    """A Trainer with everything the config asks for, ready to fit; the training job hands it the
+    checkpoint folder and the MLflow callback in ``fit()`` once its run exists."""
     trainer = cfg.trainer
     model = build_model(cfg, device, data.num_classes)
     optimizer = build_optimizer(cfg, model)

@@ -1,13 +1,12 @@
-"""Adapter over pytorch-grad-cam: the best run of a sweep -> its checkpoint and saved config -> the
-model rebuilt as it was trained -> GradCAM++ on its misclassified test images -> figures, saved
-locally and logged back to the run."""
+"""Adapter over pytorch-grad-cam: the best run of a sweep (or a run, or a registered model) -> the
+MLflow model that run logged and its saved config -> its test data rebuilt as it was trained ->
+GradCAM++ on its misclassified test images -> figures, saved locally and logged back to the run."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from sweeplab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CONFIG_ARTIFACT = "config/config.yaml"
 ARTIFACT_DIR = "explain"
 FILES = {
     "grid": "misclassified_grid.png",
@@ -101,13 +99,6 @@ def pick_run(cfg: DictConfig) -> tracking.Run:
         where = f"sweep {sweep_id}" if sweep_id else f"experiment {cfg.tracking.experiment!r}"
         raise ExplainError(f"no FINISHED run of {where} records the metric {cfg.metric!r}")
     return run
-
-
-def _download(run: tracking.Run, artifact: str, dst: str) -> Path:
-    folder, _, name = artifact.rpartition("/")
-    if name not in tracking.artifact_names(run.run_id, folder):
-        raise ExplainError(f"run {run.run_id} ({run.name}) has no {artifact} artifact")
-    return tracking.download(run.run_id, artifact, dst)
 
 
 def load_classifier(cfg: DictConfig, run: tracking.Run, device: torch.device) -> Classifier:
@@ -218,9 +209,7 @@ def explain(cfg: DictConfig) -> Explanation:
         + (f", {cfg.metric}={metric_value:.4f})" if metric_value is not None else ")")
     )
 
-    with tempfile.TemporaryDirectory() as tmp:
-        saved = OmegaConf.load(_download(run, CONFIG_ARTIFACT, tmp))
-        saved.pop("defaults", None)
+    saved = tracking.saved_config(run_id)
     classifier = load_classifier(cfg, run, device)
     model = classifier.net
     layer = resolve_layer(model, cfg.target_layer)
@@ -230,7 +219,7 @@ def explain(cfg: DictConfig) -> Explanation:
     if trained_size and int(trained_size) != len(data.test):
         log.warning(f"the run was evaluated on {trained_size} test images; this data has {len(data.test)}")
     # The model's own normalization, so its predictions here are the ones it serves.
-    mean, std = (classifier.mean / 255).flatten().tolist(), (classifier.std / 255).flatten().tolist()
+    mean, std = classifier.mean.flatten().tolist(), classifier.std.flatten().tolist()
     loader = DeviceLoader(data.test, cfg.batch_size, device, mean, std)
     result = evaluate(model, loader, device)
     preds, labels = result["preds"].cpu(), loader.labels.cpu()

@@ -15,17 +15,18 @@ from pathlib import Path
 
 from sweeplab.atomic import atomic_write
 
-# Overrides that say where things are or how they run, not what the experiment is.
+# What says where things are or how they run, not what the experiment is: whole config groups (a
+# run reproduced or resumed from its saved config takes them from the current command) and single keys.
+ENVIRONMENT_GROUPS = ("tracking", "paths")
 ENVIRONMENT_KEYS = (
-    "tracking.",
-    "paths.",
+    *(f"{group}." for group in ENVIRONMENT_GROUPS),
+    "hydra.",
     "data.npz",
     "data.root",
     "data.cache_dir",
     "data.workers",
     "trainer.device",
     "trainer.progress",
-    "hydra.",
     "task_name",
 )
 
@@ -38,9 +39,16 @@ def key_of(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def is_environment_key(key: str) -> bool:
+    """``key`` (``a.b``, no prefix) says where things are or how they run, not what the experiment is."""
+    return key.startswith(ENVIRONMENT_KEYS) or key in ENVIRONMENT_GROUPS
+
+
 def experiment_overrides(overrides: list[str], drop: tuple[str, ...] = ()) -> list[str]:
     """The overrides that define the experiment: without the environment keys (and ``drop`` prefixes)."""
-    return [o for o in overrides if not key_of(o).startswith(ENVIRONMENT_KEYS + drop) and o != "(defaults)"]
+    return [
+        o for o in overrides if not (is_environment_key(key_of(o)) or key_of(o).startswith(drop)) and o != "(defaults)"
+    ]
 
 
 def overrides() -> list[str]:

@@ -22,7 +22,6 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,7 +36,6 @@ from sweeplab.errors import RunFailed
 
 with warnings.catch_warnings():  # tqdm.autonotebook warns that it is experimental
     warnings.simplefilter("ignore")
-    import torch_lr_finder.lr_finder as tlf
     from torch_lr_finder import LRFinder, TrainDataLoaderIter, ValDataLoaderIter
 
 log = logging.getLogger(__name__)
@@ -104,17 +102,18 @@ class RunResult:
 
 @contextlib.contextmanager
 def _library_output(progress: bool):
-    """torch-lr-finder prints remarks to stdout and draws a tqdm bar: keep stdout for our own lines
-    (the last one is the sweep command) and show the bar only where progress bars are wanted."""
-    buffer, original = io.StringIO(), tlf.tqdm
-    tlf.tqdm = partial(original, disable=not progress, leave=False)
+    """torch-lr-finder prints remarks to stdout and draws a tqdm bar on stderr: keep stdout for our own
+    lines (the last one is the sweep command), its remarks as debug log lines, and its bar on stderr
+    only where progress bars are wanted (else stderr goes to a buffer that is dropped). The library
+    takes no option for either; redirecting the streams is Python's public way."""
+    remarks = io.StringIO()
+    bar = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
     try:
-        with contextlib.redirect_stdout(buffer), warnings.catch_warnings():
+        with contextlib.redirect_stdout(remarks), bar, warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*get_last_lr.*")  # the library reads get_lr()
-            yield buffer
+            yield remarks
     finally:
-        tlf.tqdm = original
-        for line in buffer.getvalue().splitlines():
+        for line in remarks.getvalue().splitlines():
             log.debug(f"torch-lr-finder: {line}")
 
 
@@ -256,7 +255,7 @@ def find(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     tracking.protect(cfg)
     lr_finder, trainer = cfg.lr_finder, cfg.trainer
     device = build.device_of(cfg)
-    data = build.load_data(cfg)
+    data = build.load_data(cfg, device)
     settings = dict(
         device=device,
         precision=build.precision_of(cfg, device),
@@ -268,7 +267,7 @@ def find(cfg: DictConfig, out_dir: Path | None = None) -> dict:
     experiment_id = tracking.setup(cfg.tracking)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=float(trainer.label_smoothing))
     overrides = job.overrides()
-    tags = {**tracking.tags_for(cfg, overrides, None, tracking.git_state()), "sweeplab.task": "lr_finder"}
+    tags = {**tracking.tags_for(trainer.seed, overrides, None, tracking.git_state()), "sweeplab.task": "lr_finder"}
     val_desc = "training batch" if val_loader is None else f"{len(val_loader.labels)} {val_source(lr_finder)} images"
     log.info(
         f"LR range test: {lr_finder.runs} run(s), lr {lr_finder.start_lr:g} .. {lr_finder.end_lr:g} in "

@@ -1,7 +1,7 @@
 """The Hydra callback that goes with the Optuna sweeper (conf/hparams_search/*.yaml).
 
 - Run names: each trial's MLflow run is named after the searched values (``optimizer.lr=...``).
-- Failed trials: a job that fails returns NaN (see sweeplab.run); Optuna 2.x refuses to be told
+- Failed trials: a job that fails returns NaN (see sweeplab.errors); Optuna 2.x refuses to be told
   NaN, and the plugin then crashes the whole study. The callback turns such a job into a failed
   Hydra job, which the sweeper records as a FAIL trial, so the study goes on.
 - The result: the best params and value are printed and logged to the sweep's parent run (params
@@ -41,8 +41,10 @@ class OptunaReport(Callback):
         job.write_sweep(sweep_dir, swept=list(dict.fromkeys(job.sweep(sweep_dir).get("swept", []) + searched)))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
-        value = job_return._return_value
-        if job_return.status == JobStatus.COMPLETED and isinstance(value, float) and math.isnan(value):
+        if job_return.status != JobStatus.COMPLETED:  # a failed job's return_value is its exception, raised
+            return
+        value = job_return.return_value
+        if isinstance(value, float) and math.isnan(value):
             job_return.status = JobStatus.FAILED
             job_return.return_value = TrialFailed("the job failed (its MLflow run says why); trial marked FAIL")
 

@@ -121,16 +121,14 @@ _UNRESOLVED = object()
 
 
 def _leaves(cfg, path=()):
-    """(path, raw value, resolved value or _UNRESOLVED) of every leaf of ``cfg``, interpolations
-    kept as written in the raw value."""
-    if isinstance(cfg, DictConfig):
-        items = [(k, cfg._get_node(k)) for k in cfg.keys()]
-    else:
-        items = [(i, cfg._get_node(i)) for i in range(len(cfg))]
-    for key, node in items:
-        raw = None if node is None or node._is_missing() else node._value()
-        if isinstance(node, (DictConfig, ListConfig)) and not node._is_interpolation() and raw is not None:
-            yield from _leaves(node, (*path, key))
+    """(path, raw value, resolved value or _UNRESOLVED, is an interpolation) of every leaf of ``cfg``,
+    interpolations kept as written in the raw value."""
+    written = OmegaConf.to_container(cfg, resolve=False)
+    for key in written.keys() if isinstance(written, dict) else range(len(written)):
+        interpolation = OmegaConf.is_interpolation(cfg, key)
+        raw = None if OmegaConf.is_missing(cfg, key) else written[key]
+        if isinstance(raw, (dict, list)) and not interpolation:
+            yield from _leaves(cfg[key], (*path, key))
             continue
         try:
             resolved = cfg[key]
@@ -138,7 +136,7 @@ def _leaves(cfg, path=()):
             resolved = _UNRESOLVED
         if isinstance(resolved, (DictConfig, ListConfig)):
             resolved = OmegaConf.to_container(resolved, resolve=False)
-        yield (*path, key), raw, resolved
+        yield (*path, key), raw, resolved, interpolation
 
 
 def _scalars(value) -> list[str]:
@@ -153,18 +151,14 @@ def _dotted(path) -> str:
     return ".".join(str(k) for k in path)
 
 
-def _is_interpolation(value) -> bool:
-    return isinstance(value, str) and "${" in value
-
-
 def _listed(path, keys) -> bool:
     dotted = _dotted(path)
     return any(dotted == k or dotted.startswith(k + ".") for k in keys)
 
 
-def _literals(raw, resolved) -> list[str]:
+def _literals(raw, resolved, interpolation: bool) -> list[str]:
     """A listed key's secret texts: its value as written (unless an interpolation) and as resolved."""
-    texts = [] if _is_interpolation(raw) else _scalars(raw)
+    texts = [] if interpolation else _scalars(raw)
     return [t for t in texts + _scalars(resolved) if t]
 
 
@@ -176,11 +170,11 @@ def secret_values(cfg: DictConfig, secret_keys: Iterable[str] = ()) -> list[str]
     that names a group gives all its values). Longer first."""
     keys = set(secret_keys or ())
     out: set[str] = set()
-    for path, raw, resolved in _leaves(cfg):
+    for path, raw, resolved, interpolation in _leaves(cfg):
         for text in _scalars(raw) + _scalars(resolved):
             out.update(uri_secrets(text))
         if _listed(path, keys):
-            out.update(_literals(raw, resolved))
+            out.update(_literals(raw, resolved, interpolation))
     return sorted(out, key=lambda s: (-len(s), s))
 
 
@@ -206,15 +200,20 @@ def mask_config(cfg: DictConfig, secret_keys: Iterable[str] = ()) -> DictConfig:
     Works on the config as composed (unresolved) and on a resolved one alike.
     """
     keys = set(secret_keys or ())
-    listed = {text for path, raw, resolved in _leaves(cfg) if _listed(path, keys) for text in _literals(raw, resolved)}
+    listed = {
+        text
+        for path, raw, resolved, interpolation in _leaves(cfg)
+        if _listed(path, keys)
+        for text in _literals(raw, resolved, interpolation)
+    }
     found = [s for s in secret_values(cfg) if len(s) >= MIN_FOUND_SECRET]
     pattern = _literal_pattern([*listed, *found])
     masked = copy.deepcopy(cfg)
     with read_write(masked):
-        for path, raw, _ in list(_leaves(masked)):
+        for path, raw, _, interpolation in list(_leaves(masked)):
             value = raw
             if _listed(path, keys):
-                if raw is not None and not _is_interpolation(raw):
+                if raw is not None and not interpolation:
                     value = f"${{oc.env:{secret_env_var(_dotted(path))}}}"
             elif isinstance(raw, str):
                 value = strip_credentials(raw) if uri_secrets(raw) else raw
@@ -223,7 +222,7 @@ def mask_config(cfg: DictConfig, secret_keys: Iterable[str] = ()) -> DictConfig:
             if value is not raw:
                 parent = masked
                 for k in path[:-1]:
-                    parent = parent._get_node(k)
+                    parent = parent[k]
                 parent[path[-1]] = value
     return masked
 

@@ -1,4 +1,4 @@
-"""What happens around a multirun (the Hydra callback set in conf/hydra/default.yaml).
+"""What happens around a multirun (the Hydra callback set in conf/train.yaml: train.py's multiruns).
 
 Before the first job: every job's config and the store are checked, and the sweep gets an id and
 an MLflow parent run, named after what it varies; every job's run is nested under it (its id
@@ -11,15 +11,16 @@ naming the failed jobs, which also become the command's exit code.
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import sys
 import uuid
 from datetime import datetime
 from pathlib import Path
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -34,6 +35,20 @@ def new_sweep_id() -> str:
     return f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
+def grid(parsed: list[Override]) -> list[list[str]]:
+    """Every job of a grid sweep as its list of overrides, in the order Hydra's basic sweeper runs them:
+    the product of the swept values (``a=1,2 b=x,y`` -> ``[a=1, b=x], [a=1, b=y], ...``), a key given
+    twice counting once (the last one). Only enumerable sweeps (lists, choice, range, glob)."""
+    values: dict[str, list[str]] = {}
+    for override in parsed:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            values[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            values[key] = [f"{key}={override.get_value_element_as_str()}"]
+    return [list(job) for job in itertools.product(*values.values())]
+
+
 def validate_jobs(config: DictConfig, parsed) -> None:
     """Compose and check every job of a grid sweep before the first one starts: a bad value in
     the fifth job should not surface after four jobs of training. Searches whose jobs a sweeper
@@ -41,12 +56,11 @@ def validate_jobs(config: DictConfig, parsed) -> None:
     if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):
         return
     loader = GlobalHydra.instance().config_loader()
-    for batch in BasicSweeper.split_arguments(parsed, None):
-        for overrides in batch:
-            try:
-                check_run(loader.load_sweep_config(config, list(overrides)))
-            except ConfigError as err:
-                raise ConfigError(f"job {' '.join(overrides)}: {err}") from None
+    for overrides in grid(parsed):
+        try:
+            check_run(loader.load_sweep_config(config, overrides))
+        except ConfigError as err:
+            raise ConfigError(f"job {' '.join(overrides)}: {err}") from None
 
 
 def sweep_name(parsed, config: DictConfig) -> str:
@@ -70,14 +84,15 @@ def registered_name(config: DictConfig, best: tracking.Run) -> str:
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         tracking.protect(config)  # from here on, Hydra's own log lines of each job's overrides are masked too
-        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        loader = GlobalHydra.instance().config_loader()  # for glob(...) sweeps, which list a group's options
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(list(config.hydra.overrides.task))
         try:  # before any job starts: every job's config, and the store they will all log to
             validate_jobs(config, parsed)
             experiment_id = tracking.setup(config.tracking)
         except ConfigError as err:
             errors.fail(err)
         sweep_id = new_sweep_id()
-        tags = tracking.tags_for(config, list(config.hydra.overrides.task), sweep_id, tracking.git_state())
+        tags = tracking.tags_for(config.trainer.seed, list(config.hydra.overrides.task), sweep_id, tracking.git_state())
         parent = tracking.create_run(experiment_id, sweep_name(parsed, config), {**tags, tracking.KIND_TAG: "sweep"})
         swept = [o.get_key_element() for o in parsed if o.is_sweep_override()]
         job.write_sweep(config.hydra.sweep.dir, id=sweep_id, parent_run_id=parent, swept=swept)

@@ -1,4 +1,5 @@
-"""One training job: the config's pieces (build.py) -> the engine -> MLflow (tracking.py) -> the objective."""
+"""One training job: the config's pieces (build.build_run) -> the engine -> MLflow (the tracking
+package: the run opened, its start recorded, each epoch logged, its model kept) -> the objective."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from sweeplab import build, checkpoint, job, plots, tracking
 from sweeplab.checks import check_run
 from sweeplab.classifier import Classifier
 from sweeplab.data import Dataset
-from sweeplab.engine import Trainer, seed_everything
+from sweeplab.engine import Trainer
 from sweeplab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,16 @@ def unfinished_run_of_this_job(cfg: DictConfig) -> str | None:
 
 
 def config_of(run_id: str, current: DictConfig) -> DictConfig:
-    """A run's saved config, with where-things-are (tracking, paths) and the command line's other
-    value overrides taken from the current invocation."""
+    """A run's saved config, with the groups that say where things are (job.ENVIRONMENT_GROUPS:
+    tracking, paths) and the command line's other value overrides taken from the current invocation."""
     tracking.setup(current.tracking)
     cfg = tracking.saved_config(str(run_id))
-    cfg.tracking, cfg.paths, cfg.origin_run = current.tracking, current.paths, str(run_id)
+    for group in job.ENVIRONMENT_GROUPS:
+        cfg[group] = current[group]
+    cfg.origin_run = str(run_id)
     for override in OverridesParser.create().parse_overrides(job.overrides()):
         key = override.get_key_element()
-        if key in ("resume", "reproduce") or key.startswith(("tracking.", "paths.")):
+        if key in ("resume", "reproduce") or key.split(".")[0] in job.ENVIRONMENT_GROUPS:  # taken whole above
             continue
         missing = not override.is_force_add() and OmegaConf.select(cfg, key, default=_MISSING) is _MISSING
         if missing or isinstance(OmegaConf.select(cfg, key), DictConfig):
@@ -68,30 +71,22 @@ _MISSING = object()
 def fit(cfg: DictConfig, resume: str | None = None) -> float:
     """Run one job; return ``cfg.objective`` (best test accuracy by default).
 
-    Everything that can be wrong with the input is checked, and every piece built, before the MLflow
-    run is created. ``resume`` reopens that MLflow run and continues from its last checkpoint.
+    Everything that can be wrong with the input is checked, and every piece built (one call:
+    build.build_run), before the MLflow run is created; its start is recorded in one call
+    (tracking.record_start). ``resume`` reopens that MLflow run and continues from its last checkpoint.
     """
     check_run(cfg)
     tracking.protect(cfg)
-    device = build.device_of(cfg)
-    state = None
-    if resume:
-        state = checkpoint.load(Path(cfg.paths.checkpoint_dir) / resume / "last.pt", map_location=device)
-        if state["epoch"] >= cfg.trainer.epochs:
-            raise ConfigError(
-                f"run {resume} has trained {state['epoch']} of trainer.epochs={cfg.trainer.epochs} "
-                f"epochs: nothing to resume (pass a larger trainer.epochs to train on)"
-            )
-    data = build.load_data(cfg)
-    experiment_id = tracking.setup(cfg.tracking)
-    seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
-    trainer = build.build_trainer(cfg, device, data)
+    state = resume_state(cfg, resume) if resume else None
+    pieces = build.build_run(cfg)
+    trainer = pieces.trainer
     if state is not None:
         check_schedule_length(trainer, state, resume, cfg)
-    overrides = job.overrides()
-    tags, git = {}, tracking.git_state()
+    experiment_id = tracking.setup(cfg.tracking)
+    overrides, git = job.overrides(), tracking.git_state()
+    tags = {}
     if not resume:
-        tags = tracking.tags_for(cfg, overrides, job.sweep_id(), git)
+        tags = tracking.tags_for(cfg.trainer.seed, overrides, job.sweep_id(), git)
         if cfg.get("origin_run"):
             tags["sweeplab.reproduces"] = str(cfg.origin_run)
     name = cfg.tracking.get("run_name") or job.run_name(overrides)
@@ -106,7 +101,7 @@ def fit(cfg: DictConfig, resume: str | None = None) -> float:
             tracking.set_tags({"sweeplab.resumed_from_epoch": state["epoch"]})
             log.info(f"resuming run {run_id} after epoch {trainer.epoch}")
         else:
-            _log_start(cfg, overrides, data, git, ckpt_dir)
+            tracking.record_start(run_start(cfg, overrides, pieces.data, git, ckpt_dir))
         log.info(f"MLflow run {run_id} ({tracking.tracking_uri()}), checkpoints in {ckpt_dir}")
         try:
             trainer.fit(cfg.trainer.epochs, checkpoint_dir=ckpt_dir, callbacks=[logger])
@@ -115,11 +110,23 @@ def fit(cfg: DictConfig, resume: str | None = None) -> float:
             raise
         finally:
             logger.flush()
-            _log_end(trainer, data, ckpt_dir, run_id)
+            _log_end(trainer, pieces.data, ckpt_dir, run_id)
     summary = trainer.summary()
     objective = summary.get(cfg.objective, trainer.history[-1].get(cfg.objective) if trainer.history else None)
     log.info(f"{cfg.objective} = {objective}")
     return float("nan") if objective is None else float(objective)
+
+
+def resume_state(cfg: DictConfig, run_id: str) -> dict:
+    """The run's last checkpoint (on the CPU: the trainer moves each part to its device), if it has
+    epochs left to train."""
+    state = checkpoint.load(Path(cfg.paths.checkpoint_dir) / run_id / "last.pt")
+    if state["epoch"] >= cfg.trainer.epochs:
+        raise ConfigError(
+            f"run {run_id} has trained {state['epoch']} of trainer.epochs={cfg.trainer.epochs} "
+            f"epochs: nothing to resume (pass a larger trainer.epochs to train on)"
+        )
+    return state
 
 
 def check_schedule_length(trainer: Trainer, state: dict, run_id: str, cfg: DictConfig) -> None:
@@ -135,41 +142,50 @@ def check_schedule_length(trainer: Trainer, state: dict, run_id: str, cfg: DictC
             )
 
 
-def _log_start(cfg: DictConfig, overrides: list[str], data: Dataset, git: dict, ckpt_dir: Path) -> None:
-    run_id = ckpt_dir.name
-    tracking.log_params(tracking.flatten(cfg))
+def run_start(cfg: DictConfig, overrides: list[str], data: Dataset, git: dict, ckpt_dir: Path) -> tracking.RunStart:
+    """What a new run records about where it comes from: the config as params, its data (dataset inputs
+    and tags), the git diff of a dirty tree, the config as composed (re-runnable with --config-dir),
+    resolved, the overrides, and Hydra's own record of the job."""
     train_sha256 = data.train.checksum()
-    for split, context in ((data.train, "training"), (data.test, "testing"), (data.val, "validation")):
-        if split is not None:
-            digest = train_sha256 if split is data.train else split.checksum()
-            tracking.log_dataset(
-                f"{data.name}-{context}",
-                split.images.numpy(),
-                split.labels.numpy(),
-                digest,
-                data.source,
-                context,
-                {"classes": ",".join(data.classes)[:5000]},
-            )
-    tracking.set_tags(
-        {
-            "sweeplab.data.train_sha256": train_sha256,
-            "sweeplab.data.train_size": len(data.train),
-            "sweeplab.data.test_size": len(data.test),
-            "sweeplab.checkpoint_dir": str(ckpt_dir),
-        }
-    )
+    splits = ((data.train, "training"), (data.test, "testing"), (data.val, "validation"))
+    datasets = [
+        tracking.DataInput(
+            f"{data.name}-{context}",
+            context,
+            split.images.numpy(),
+            split.labels.numpy(),
+            train_sha256 if split is data.train else split.checksum(),
+            data.source,
+            {"classes": ",".join(data.classes)[:5000]},
+        )
+        for split, context in splits
+        if split is not None
+    ]
+    tags = {
+        "sweeplab.data.train_sha256": train_sha256,
+        "sweeplab.data.train_size": len(data.train),
+        "sweeplab.data.test_size": len(data.test),
+        "sweeplab.checkpoint_dir": str(ckpt_dir),
+    }
+    texts = {
+        "config/config.yaml": saved_config_text(cfg, origin_run=ckpt_dir.name),
+        "config/resolved.yaml": OmegaConf.to_yaml(cfg, resolve=True),
+        "config/overrides.txt": "\n".join(overrides) + "\n",
+    }
     if git.get("dirty") and git.get("diff"):
-        tracking.log_text(git["diff"], "git/diff.patch")
-    # The config as composed (re-runnable with --config-dir), resolved, and Hydra's own record.
-    rerunnable = OmegaConf.merge({"defaults": ["_self_", {"hydra": "default"}]}, cfg, {"origin_run": run_id})
-    tracking.log_text(OmegaConf.to_yaml(tracking.masked_config(rerunnable)), "config/config.yaml")
-    tracking.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
-    tracking.log_text("\n".join(overrides) + "\n", "config/overrides.txt")
-    if HydraConfig.initialized():
-        hydra_dir = job.output_dir() / HydraConfig.get().output_subdir
-        if hydra_dir.is_dir():
-            tracking.log_folder(hydra_dir, "hydra")
+        texts["git/diff.patch"] = git["diff"]
+    folders = {}
+    if HydraConfig.initialized() and (job.output_dir() / HydraConfig.get().output_subdir).is_dir():
+        folders["hydra"] = job.output_dir() / HydraConfig.get().output_subdir
+    return tracking.RunStart(tracking.flatten(cfg), tags, datasets, texts, folders)
+
+
+def saved_config_text(cfg: DictConfig, origin_run: str) -> str:
+    """The config as a run saves it (config/config.yaml): as composed, without its secrets, naming the
+    run it came from, with a defaults list that makes it a primary config (``python train.py
+    --config-dir <its folder> --config-name config`` reruns it)."""
+    rerunnable = OmegaConf.merge({"defaults": ["_self_", {"hydra": "default"}]}, cfg, {"origin_run": origin_run})
+    return OmegaConf.to_yaml(tracking.masked_config(rerunnable))
 
 
 def _log_end(trainer: Trainer, data: Dataset, ckpt_dir: Path, run_id: str) -> None:
@@ -178,18 +194,16 @@ def _log_end(trainer: Trainer, data: Dataset, ckpt_dir: Path, run_id: str) -> No
         tracking.log_figure(plots.curves_figure({run_id[:8]: trainer.history}), "plots/curves.png")
     best = ckpt_dir / "best.pt"
     if best.is_file():
-        tracking.log_model(best_model(trainer, best, data.classes), data.test.images[:2].numpy())
+        tracking.log_model(best_model(trainer, best, data), data.test.images[:2].numpy())
     if HydraConfig.initialized():
         log_file = job.output_dir() / f"{HydraConfig.get().job.name}.log"
         if log_file.is_file():
             tracking.log_files([log_file], "logs")
 
 
-def best_model(trainer: Trainer, best: Path, classes) -> Classifier:
-    """The trained network with its best weights and its input normalization, on the CPU: what MLflow
+def best_model(trainer: Trainer, best: Path, data: Dataset) -> Classifier:
+    """The trained network with its best weights and the data's normalization, on the CPU: what MLflow
     keeps as the run's model (uint8 images in, class indices out)."""
     net = copy.deepcopy(trainer.model).to("cpu", memory_format=torch.contiguous_format)
     build.load_weights(net, checkpoint.load(best, map_location="cpu"))
-    loader = trainer.test_loader
-    mean, std = (loader.mean / 255).flatten().cpu(), (loader.std / 255).flatten().cpu()
-    return Classifier(net, mean, std, classes).eval()
+    return Classifier(net, data.mean, data.std, data.classes).eval()

@@ -41,7 +41,7 @@ class Dataset:
     classes: tuple[str, ...]
     name: str = "cifar10"
     source: str = ""  # where it was read from: a file path or a download URL (MLflow's dataset source)
-    # Normalization on [0, 1] pixels: the config's, else the data's own (build.load_data fills them).
+    # Normalization on [0, 1] pixels: the config's, else the data's own (data.from_config fills them).
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     # An image folder's content key (relative paths, sizes, modification times and the decoding

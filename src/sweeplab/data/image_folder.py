@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,30 +129,46 @@ def scan_image_folder(
 
 
 def _class_files(root: Path, tree: Path) -> tuple[dict[str, list[str]], int]:
-    """``{class: [image paths relative to root, sorted]}`` below ``tree``, and how many other files were left out."""
+    """``{class: [image paths relative to root, sorted]}`` below ``tree``, and how many other files were left out.
+
+    torchvision's own scan (``find_classes``, ``make_dataset``: class folders sorted, files found
+    recursively, symbolic links followed), with hidden class folders, hidden files and whatever lies
+    below a hidden folder left out, and a one-line error for a tree without classes or a class without images.
+    """
+    from torchvision.datasets.folder import find_classes, has_file_allowed_extension, make_dataset
+
     where = tree.relative_to(root).as_posix()
-    classes = sorted(d.name for d in tree.iterdir() if d.is_dir() and not d.name.startswith("."))
+    try:
+        classes = [c for c in find_classes(tree)[0] if not c.startswith(".")]
+    except FileNotFoundError:  # no folder at all
+        classes = []
     if not classes:
         raise DataError(
             f"data.path={root}: {'the folder' if where == '.' else where + '/'} has no class folders "
             f"(expected <class>/<images>, or train/<class>/... with test/<class>/...)"
         )
-    files, ignored = {}, sum(1 for f in tree.iterdir() if f.is_file())
-    for c in classes:
-        found = []
-        for dirpath, dirnames, filenames in os.walk(tree / c, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
-                    found.append((Path(dirpath) / name).relative_to(root).as_posix())
-                else:
-                    ignored += 1
+    ignored = sum(1 for f in tree.iterdir() if f.is_file())
+
+    def is_image(path: str) -> bool:
+        nonlocal ignored
+        parts = Path(path).relative_to(tree).parts  # class, subfolders..., file name
+        if any(part.startswith(".") for part in parts[1:-1]):  # below a hidden folder: not looked at
+            return False
+        if has_file_allowed_extension(path, IMAGE_EXTENSIONS) and not parts[-1].startswith("."):
+            return True
+        ignored += 1
+        return False
+
+    index = {c: i for i, c in enumerate(classes)}
+    files: dict[str, list[str]] = {c: [] for c in classes}
+    for path, label in make_dataset(tree, index, is_valid_file=is_image, allow_empty=True):
+        files[classes[label]].append(Path(path).relative_to(root).as_posix())
+    for c, found in files.items():
         if not found:
             raise DataError(
                 f"data.path={root}: the class folder {(tree / c).relative_to(root).as_posix()}/ has no images "
                 f"({' '.join(IMAGE_EXTENSIONS)}); add some or remove the folder"
             )
-        files[c] = found
     return files, ignored
 
 
@@ -226,7 +241,7 @@ def load_image_folder(
 
 
 def _decode_folder(plan: FolderPlan, workers: int | None) -> dict[str, np.ndarray]:
-    from tqdm.auto import tqdm
+    from tqdm.contrib.concurrent import thread_map
 
     s, n = plan.image_size, len(plan.train) + len(plan.test)
     parts = {"train": plan.train, "test": plan.test}
@@ -248,9 +263,7 @@ def _decode_folder(plan: FolderPlan, workers: int | None) -> dict[str, np.ndarra
         f"(first use of this folder; later runs read the cache)"
     )
     quiet = True if n < PROGRESS_MIN_IMAGES else None  # None: tqdm shows it on a terminal only
-    with ThreadPoolExecutor(workers) as pool, tqdm(total=n, unit="img", desc="decoding", disable=quiet) as bar:
-        for _ in pool.map(decode, jobs):
-            bar.update()
+    thread_map(decode, jobs, max_workers=workers, unit="img", desc="decoding", disable=quiet)
     arrays, skipped = {}, []
     for part, items in parts.items():
         keep = np.asarray([(part, i) not in errors for i in range(len(items))], dtype=bool)

@@ -1,9 +1,10 @@
 """A sweep's comparison: the curves figure (test/train accuracy and loss per epoch, one line per run)
 and a table (Markdown and CSV) of overrides, status, best test accuracy and its epoch, epochs and
 training seconds to the target accuracy, final lr, wall time and images/s. The files are saved in a
-folder, printed, and logged to a dedicated MLflow run of the same experiment (tags
-``sweeplab.kind=report`` and ``sweeplab.report_for=<sweep id>``, no metrics, so metric searches never
-pick it). Written after every multirun (sweeplab.sweep) and on demand (``python -m sweeplab.report``).
+folder, printed, and logged to the sweep's parent run (artifacts ``report/``; the table is also the
+parent's description in the MLflow UI; a sweep from before parent runs gets one, its runs become its
+children). Written after every multirun (sweeplab.sweep) and on demand (``python -m sweeplab.report``,
+report/command.py).
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def compare_link(experiment_id: str, rows: list[dict]) -> str:
 
 def build_report(experiment_id: str, sweep_id: str, out_dir: Path | None = None, log_to_mlflow: bool = True) -> Report:
     """Compare the runs of sweep ``sweep_id``: save figure and tables in ``out_dir`` (a temporary
-    folder when None: then only MLflow keeps them) and log them to the sweep's report run."""
+    folder when None: then only MLflow keeps them) and log them to the sweep's parent run."""
     runs = job_runs(experiment_id, sweep_id)
     if not runs:
         raise ConfigError(f"no runs of sweep {sweep_id} in experiment {experiment_id} of {tracking.tracking_uri()}")

@@ -4,8 +4,9 @@ plain values (run ids, dicts, paths, figures) and ``Run`` records, through the n
 One module per job: ``store`` (where records go, checked before any run), ``lifecycle`` (a run opened
 and ended with its status), ``secrets`` (kept out of everything logged), ``logger`` (params, metrics,
 files, figures; the engine's epoch callback), ``search`` (finding runs), ``artifacts`` (a run's
-files and saved config), ``provenance`` (config, git, versions, data sets) and ``models`` (logged
-models and the registry); ``records`` holds the tag names and the ``Run`` record."""
+files and saved config), ``provenance`` (config, git, versions, data sets: a run's start recorded in
+one call) and ``models`` (logged models and the registry); ``records`` holds the tag names and the
+plain records the rest of the project hands over (``Run``, ``RunStart``, ``DataInput``)."""
 
 from sweeplab.tracking.artifacts import artifact_names, download, saved_config
 from sweeplab.tracking.lifecycle import create_run, end_run, open_run
@@ -29,7 +30,7 @@ from sweeplab.tracking.models import (
     pinned_requirements,
     register_best,
 )
-from sweeplab.tracking.provenance import environment, flatten, git_state, log_dataset, tags_for
+from sweeplab.tracking.provenance import environment, flatten, git_state, log_dataset, record_start, tags_for
 from sweeplab.tracking.records import (
     BEST_ALIAS,
     FAILURE_TAG,
@@ -38,7 +39,9 @@ from sweeplab.tracking.records import (
     NOTE_TAG,
     PARENT_TAG,
     SWEEP_TAG,
+    DataInput,
     Run,
+    RunStart,
 )
 from sweeplab.tracking.search import (
     all_runs,
@@ -71,8 +74,10 @@ __all__ = [
     "NOTE_TAG",
     "PARENT_TAG",
     "SWEEP_TAG",
+    "DataInput",
     "MlflowLogger",
     "Run",
+    "RunStart",
     "all_runs",
     "artifact_names",
     "best_run",
@@ -107,6 +112,7 @@ __all__ = [
     "open_store",
     "pinned_requirements",
     "protect",
+    "record_start",
     "register_best",
     "safe_uri",
     "saved_config",

@@ -1,5 +1,5 @@
 """Where a run comes from: its config as params, git state, versions and device as tags, its data as
-MLflow dataset inputs."""
+MLflow dataset inputs; ``record_start`` records it all in one call."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.paths import repo_root
-from sweeplab.tracking.records import SWEEP_TAG
+from sweeplab.tracking.logger import log_folder, log_params, log_text, set_tags
+from sweeplab.tracking.records import SWEEP_TAG, DataInput, RunStart
 from sweeplab.tracking.store import duplicate_key, quiet
 
 
@@ -74,9 +75,9 @@ def environment() -> dict[str, str]:
     }
 
 
-def tags_for(cfg: DictConfig, overrides: list[str], sweep_id: str | None, git: dict) -> dict[str, str]:
+def tags_for(seed: int, overrides: list[str], sweep_id: str | None, git: dict) -> dict[str, str]:
     """Where a run comes from: overrides, seed, sweep, git commit, versions and device."""
-    tags = {"sweeplab.overrides": " ".join(overrides) or "(defaults)", "sweeplab.seed": str(cfg.trainer.seed)}
+    tags = {"sweeplab.overrides": " ".join(overrides) or "(defaults)", "sweeplab.seed": str(seed)}
     if sweep_id:
         tags[SWEEP_TAG] = sweep_id
     if git:
@@ -89,21 +90,36 @@ def tags_for(cfg: DictConfig, overrides: list[str], sweep_id: str | None, git: d
 MAX_DIGEST = 36  # MLflow's limit for a dataset digest
 
 
-def log_dataset(name: str, images, labels, sha256: str, source: str, context: str, tags: dict | None = None) -> None:
+def log_dataset(data: DataInput) -> None:
     """A data set as an MLflow dataset input of the active run (the UI's Datasets column): its name,
     digest (our sha256, cut to MLflow's 36 characters; the whole one is a tag), source (a file or
     a download URL), and its shape and size from the arrays (numpy, not copied or hashed again)."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
 
     with quiet():  # MLflow registers its local-file source twice and says so
-        source_obj = resolve_dataset_source(source)
-    dataset = mlflow.data.from_numpy(images, targets=labels, name=name, digest=sha256[:MAX_DIGEST], source=source_obj)
-    input_tags = {"sha256": sha256, **(tags or {})}
+        source = resolve_dataset_source(data.source)
+    dataset = mlflow.data.from_numpy(
+        data.images, targets=data.labels, name=data.name, digest=data.sha256[:MAX_DIGEST], source=source
+    )
+    tags = {"sha256": data.sha256, **data.tags}
     try:
-        mlflow.log_input(dataset, context=context, tags=input_tags)
+        mlflow.log_input(dataset, context=data.context, tags=tags)
     except MlflowException as err:
         # Parallel jobs of a sweep on a server with a PostgreSQL store: both find the dataset new and
         # insert it, the second is refused (duplicate key). Now it exists: link it again.
         if not duplicate_key(err):
             raise
-        mlflow.log_input(dataset, context=context, tags=input_tags)
+        mlflow.log_input(dataset, context=data.context, tags=tags)
+
+
+def record_start(start: RunStart) -> None:
+    """The active run's record of where it comes from, in one call: params, tags, dataset inputs,
+    texts and folders (secrets masked on the way in, as everything logged here)."""
+    log_params(start.params)
+    set_tags(start.tags)
+    for data in start.datasets:
+        log_dataset(data)
+    for artifact_file, text in start.texts.items():
+        log_text(text, artifact_file)
+    for folder, local in start.folders.items():
+        log_folder(local, folder)

@@ -32,6 +32,31 @@ class Run:
         return (self.end_time - self.start_time) / 1000 if self.end_time and self.start_time else None
 
 
+@dataclass
+class DataInput:
+    """One split of a run's data, to be recorded as an MLflow dataset input."""
+
+    name: str  # e.g. cifar10-training
+    context: str  # training, testing or validation
+    images: object  # numpy arrays: MLflow reads their shape and size, it does not copy or hash them
+    labels: object
+    sha256: str
+    source: str  # a file or a download URL
+    tags: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunStart:
+    """What a new run records about where it comes from, as plain values: params, tags, its data,
+    text files (artifact path -> text) and folders (artifact folder -> local folder)."""
+
+    params: dict
+    tags: dict
+    datasets: list[DataInput] = field(default_factory=list)
+    texts: dict = field(default_factory=dict)
+    folders: dict = field(default_factory=dict)
+
+
 def record_of(run) -> Run:
     info, data = run.info, run.data
     return Run(
