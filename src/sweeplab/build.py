@@ -45,6 +45,12 @@ def channels_last_of(cfg: DictConfig, device: torch.device) -> bool:
     return device.type == "cuda" if cfg.trainer.channels_last == "auto" else bool(cfg.trainer.channels_last)
 
 
+def cuda_graph_of(cfg: DictConfig, device: torch.device) -> bool:
+    """``trainer.cuda_graph``, with auto = on CUDA unless the model is compiled (torch.compile has its own)."""
+    graph = cfg.trainer.get("cuda_graph", "auto")  # .get: a run saved before the key existed
+    return device.type == "cuda" and not cfg.trainer.compile if graph == "auto" else bool(graph)
+
+
 def load_data(cfg: DictConfig) -> Dataset:
     """The data set the config names, with its limits, validation split and normalization (CPU tensors);
     a data set too large for the training device stops here, before an image folder is decoded."""
@@ -211,6 +217,7 @@ def build_trainer(cfg: DictConfig, device: torch.device, data: Dataset) -> Train
         target_acc=cfg.target_acc,
         checkpoint_every=trainer.checkpoint_every,
         compile=trainer.compile,
+        cuda_graph=cuda_graph_of(cfg, device),
         progress=trainer.progress,
         callbacks=build_callbacks(cfg),
     )
