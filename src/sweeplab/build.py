@@ -11,8 +11,9 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from sweeplab import job
 from sweeplab.data import Augment, Dataset, DeviceLoader, Split, from_config
-from sweeplab.device import resolve_device
+from sweeplab.device import job_device
 from sweeplab.engine import Trainer
 from sweeplab.errors import ConfigError
 
@@ -31,7 +32,9 @@ def building(piece: str):
 
 
 def device_of(cfg: DictConfig) -> torch.device:
-    return resolve_device(cfg.trainer.device)
+    """The run's device; ``auto`` in a sweep on a machine with several GPUs: a card of the job's own."""
+    sweep_dir, job_num = job.multirun_job()
+    return job_device(cfg.trainer.device, sweep_dir, job_num, cfg.trainer.get("jobs_per_card", 1))
 
 
 def precision_of(cfg: DictConfig, device: torch.device) -> str:

@@ -66,6 +66,14 @@ def _multirun_dir() -> Path | None:
     return None
 
 
+def multirun_job() -> tuple[Path | None, int]:
+    """(the sweep folder, this job's number) in a multirun; (None, 0) otherwise."""
+    from hydra.core.hydra_config import HydraConfig
+
+    folder = _multirun_dir()
+    return (folder, int(HydraConfig.get().job.num)) if folder is not None else (None, 0)
+
+
 def write_sweep(sweep_dir: str | Path, **facts) -> dict:
     """Record (or update) the sweep's facts for its jobs; returns them all."""
     path = Path(sweep_dir) / SWEEP_FILE
