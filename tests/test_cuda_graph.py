@@ -65,6 +65,7 @@ def test_the_static_step_trains_exactly_as_the_eager_step():
     # The short batches' eager steps left the gradients in the tensors a replay writes.
     assert all(p.grad is g for p, g in zip(step.params, step.grads, strict=True))
     assert not step.capture and step.graph is None  # on a CPU nothing is captured
+    assert graphed.summary()["cuda_graph_replays"] == step.replays and "cuda_graph_replays" not in eager.summary()
 
 
 def test_the_eager_short_batch_keeps_the_gradients_the_graph_writes():
@@ -95,6 +96,31 @@ def test_a_run_resumed_from_its_checkpoint_continues_identically(tmp_path):
     assert resumed.graph_step.warmed == WARMUP_STEPS  # a fresh graph after the resume, warmed up again
 
 
+def test_a_capture_that_fails_trains_on_eagerly(monkeypatch, caplog):
+    """An operation a CUDA graph cannot hold: the run goes on eagerly, says so, and computes the same."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    stream = SimpleNamespace(wait_stream=lambda other: None)
+    monkeypatch.setattr(torch.cuda, "graph", refuse)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: nullcontext())
+    eager, failing = make_trainer(), make_trainer(cuda_graph=True)
+    failing.graph_step.capture = True  # as on CUDA, with the capture refused
+    eager.fit(2)
+    failing.fit(2)
+    _same_numbers(eager, failing)
+    step = failing.graph_step
+    assert step.failed == "operation not permitted when stream is capturing" and step.replays == 0
+    assert step.eager_steps == 2 * 7 and failing.summary()["cuda_graph_replays"] == 0
+    assert "CUDA graph: the capture failed (operation not permitted" in caplog.text
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="captures a CUDA graph: needs a GPU")
 def test_on_cuda_the_captured_graph_trains_as_the_eager_step():
     cuda = torch.device("cuda")
@@ -103,7 +129,7 @@ def test_on_cuda_the_captured_graph_trains_as_the_eager_step():
     eager.fit(3)
     graphed.fit(3)
     step = graphed.graph_step
-    assert step.graph is not None and step.replays == 3 * 6 - WARMUP_STEPS
+    assert step.graph is not None and step.replays == 3 * 6 - WARMUP_STEPS and not step.failed
     for a, b in zip(eager.history, graphed.history, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["test_acc"] == pytest.approx(b["test_acc"], abs=0.02)

@@ -119,6 +119,8 @@ class Trainer:
         self.graph_step = (
             GraphStep(self._forward_backward, model.parameters(), capture=device.type == "cuda") if cuda_graph else None
         )
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # a graph replays on the current device's stream: this job's card
         self.epoch = 0  # last completed epoch
         self.history: list[dict] = []
         self.best: dict = {"test_acc": -1.0, "epoch": None}
@@ -285,6 +287,8 @@ class Trainer:
             )
         if self.history and "val_acc" in self.history[0]:
             out["best_val_acc"] = max(m["val_acc"] for m in self.history)
+        if self.graph_step is not None:  # steps this fit replayed from the CUDA graph (0: it fell back to eager)
+            out["cuda_graph_replays"] = self.graph_step.replays
         if self.device.type == "cuda":  # what this job held on its card at most (a sweep's memory check estimates it)
             out["max_memory_gib"] = torch.cuda.max_memory_reserved(self.device) / 2**30
         return out

@@ -23,9 +23,12 @@ reads: an eager step therefore zeroes them in place instead of dropping them.
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 
 import torch
+
+log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 3  # eager steps before the capture, as torch's CUDA graph examples do
 
@@ -45,6 +48,7 @@ class GraphStep:
         self.graph = None
         self.outputs = None  # the static outputs each replay writes
         self.replays = self.eager_steps = 0
+        self.failed: str | None = None  # why the capture failed: every step then runs eagerly
 
     @property
     def captured(self) -> bool:
@@ -52,6 +56,8 @@ class GraphStep:
 
     def takes(self, x: torch.Tensor, y: torch.Tensor) -> bool:
         """Whether this batch goes through the graph (once warmed up): it has the first batch's shape."""
+        if self.failed:
+            return False
         if self.shape is None:
             self.shape = (x.shape, y.shape)
         return (x.shape, y.shape) == self.shape
@@ -97,8 +103,13 @@ class GraphStep:
             self.grads = [p.grad for p in self.params]
             return outputs
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.outputs = self.forward_backward(self.x, self.y)
+        try:  # on the batch's own card, whatever the current device of the process
+            with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(x.device)):
+                self.outputs = self.forward_backward(self.x, self.y)
+        except RuntimeError as err:  # an operation a graph cannot hold: train on, eagerly, and say so
+            self.failed, self.graph, self.replays = str(err).splitlines()[0], None, self.replays - 1
+            log.warning(f"CUDA graph: the capture failed ({self.failed}); every step runs eagerly")
+            return self.eager(x, y)
         self.grads = [p.grad for p in self.params]
         self.graph.replay()
         return self.outputs
