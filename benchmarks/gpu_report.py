@@ -8,7 +8,7 @@ Per run: best test accuracy and its epoch, the first epoch (and the training sec
 reaches each target accuracy, training seconds per epoch (mean of all epochs and of all but the first,
 which holds warm-up and compilation), evaluation seconds per epoch, training images/s (median), the
 run's wall time (start to end, everything included), the most GPU memory it held (``max_memory_gib``),
-the device it trained on, and the test accuracy of every epoch.
+the device it trained on, how many steps replayed the CUDA graph, and the test accuracy of every epoch.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def figures(run: tracking.Run, history: list[dict], targets: list[float]) -> dic
         "test_acc": [round(h["test_acc"], 4) for h in epochs],
         "device": run.tags.get("sweeplab.device"),
         "max_memory_gib": run.metrics.get("max_memory_gib"),
+        "cuda_graph_replays": run.metrics.get("cuda_graph_replays"),
     }
     if epochs:
         best = max(epochs, key=lambda h: (h["test_acc"], -h["epoch"]))
@@ -81,6 +82,8 @@ def markdown(rows: list[dict], targets: list[float]) -> str:
     for r in rows:
         accs = " ".join(f"{100 * a:.2f}" for a in r["test_acc"])
         on = f" on {r['device']}" if r.get("device") else ""
+        if r.get("cuda_graph_replays") is not None:
+            on += f", {r['cuda_graph_replays']:,.0f} steps from the CUDA graph"
         lines.append(f"\n{r['run']} ({r['run_id'][:8]}{on}), test accuracy % per epoch: {accs}")
     return "\n".join(lines)
 

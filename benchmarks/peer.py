@@ -170,7 +170,7 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(
         f"peer benchmark: {device} ({where}), torch {torch.__version__}, {n:,} training images, "
-        f"ResNet-18 width {args.width}, batch 128, SGD lr 0.01 momentum 0.9, {args.epochs} epochs each"
+        f"ResNet-18 width {args.width}, batch 128, SGD lr 0.01 momentum 0.9, {args.epochs} epoch(s) each"
     )
     peer_s, ours_s = [], []
     for epoch in range(1, args.epochs + 1):  # in turn, so that load from elsewhere slows both sides

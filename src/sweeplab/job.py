@@ -24,6 +24,7 @@ ENVIRONMENT_KEYS = (
     "data.cache_dir",
     "data.workers",
     "trainer.device",
+    "trainer.jobs_per_card",
     "trainer.progress",
     "hydra.",
     "task_name",
