@@ -7,7 +7,8 @@
 Per run: best test accuracy and its epoch, the first epoch (and the training seconds up to it) that
 reaches each target accuracy, training seconds per epoch (mean of all epochs and of all but the first,
 which holds warm-up and compilation), evaluation seconds per epoch, training images/s (median), the
-run's wall time (start to end, everything included), and the test accuracy of every epoch.
+run's wall time (start to end, everything included), the most GPU memory it held (``max_memory_gib``),
+the device it trained on, how many steps replayed the CUDA graph, and the test accuracy of every epoch.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def figures(run: tracking.Run, history: list[dict], targets: list[float]) -> dic
         "eval_s_per_epoch": statistics.mean(eval_s) if eval_s else None,
         "images_per_s": statistics.median(h["images_per_sec"] for h in epochs) if epochs else None,
         "test_acc": [round(h["test_acc"], 4) for h in epochs],
+        "device": run.tags.get("sweeplab.device"),
+        "max_memory_gib": run.metrics.get("max_memory_gib"),
+        "cuda_graph_replays": run.metrics.get("cuda_graph_replays"),
     }
     if epochs:
         best = max(epochs, key=lambda h: (h["test_acc"], -h["epoch"]))
@@ -65,7 +69,7 @@ def markdown(rows: list[dict], targets: list[float]) -> str:
     keys = [f"{round(100 * t)}" for t in targets]
     head = ["run", "status", "epochs", "best acc (epoch)"]
     head += [f"{k}%: epoch, train s" for k in keys]
-    head += ["train s/epoch (after 1st)", "eval s/epoch", "train img/s", "wall s"]
+    head += ["train s/epoch (after 1st)", "eval s/epoch", "train img/s", "wall s", "GPU GiB (peak)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["run"], r["status"], str(r["epochs"])]
@@ -73,10 +77,14 @@ def markdown(rows: list[dict], targets: list[float]) -> str:
         cells += [f"{fmt(r[f'epoch_to_{k}'], 'd')}, {fmt(r[f'train_s_to_{k}'])}" for k in keys]
         cells.append(f"{fmt(r['s_per_epoch'], '.2f')} ({fmt(r['s_per_epoch_after_first'], '.2f')})")
         cells += [fmt(r["eval_s_per_epoch"], ".2f"), fmt(r["images_per_s"], ",.0f"), fmt(r["wall_s"])]
+        cells.append(fmt(r.get("max_memory_gib"), ".2f"))
         lines.append("| " + " | ".join(cells) + " |")
     for r in rows:
         accs = " ".join(f"{100 * a:.2f}" for a in r["test_acc"])
-        lines.append(f"\n{r['run']} ({r['run_id'][:8]}), test accuracy % per epoch: {accs}")
+        on = f" on {r['device']}" if r.get("device") else ""
+        if r.get("cuda_graph_replays") is not None:
+            on += f", {r['cuda_graph_replays']:,.0f} steps from the CUDA graph"
+        lines.append(f"\n{r['run']} ({r['run_id'][:8]}{on}), test accuracy % per epoch: {accs}")
     return "\n".join(lines)
 
 

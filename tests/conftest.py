@@ -55,6 +55,8 @@ FILE_SECONDS = {
     "test_models.py": (4, 5.6),
     "test_core.py": (3, 3),
     "test_store.py": (2, 2),
+    "test_placement.py": (20, 12),
+    "test_cuda_graph.py": (8, 8),
 }
 
 

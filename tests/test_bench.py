@@ -55,6 +55,30 @@ def test_benchmark_prints_each_comparison_and_each_recipe(tiny_npz):
         assert re.search(r"20% at epoch [12] after [\d.]+ s of training", line.group(0)), line.group(0)
 
 
+@pytest.mark.slow
+def test_peer_benchmark_trains_both_sides_and_prints_their_ratio(tiny_npz):
+    """benchmarks/peer.py at toy size: the torchvision DataLoader + PIL loop and sweeplab's engine, each
+    epoch in turn, each side's seconds per epoch, images/s and test accuracy, and the ratio."""
+    args = ["--npz", str(tiny_npz), "--device", "cpu", "--images", "256", "--test-images", "100"]
+    done = run_app("benchmarks/peer.py", *args, "--width", "4", "--epochs", "2", "--workers", "0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "256 training images, ResNet-18 width 4, batch 128" in out, out
+    for side in (r"peer \(torchvision CIFAR10, DataLoader with PIL transforms", r"sweeplab \(experiment=baseline"):
+        line = re.search(
+            rf"^{side}.*: ([\d.]+) s/epoch, ([\d,]+) img/s \(epochs: [\d.]+ [\d.]+ s\); "
+            rf"test accuracy ([\d.]+)%$",
+            out,
+            re.M,
+        )
+        assert line and float(line.group(1)) > 0 and 0 <= float(line.group(3)) <= 100, out
+    assert "precision fp32, channels_last False, CUDA graph off" in out  # sweeplab's CPU defaults
+    ratio = re.search(
+        r"^ratio: sweeplab [\d,]+ img/s vs peer [\d,]+ img/s, .* -> ([\d.]+)x the peer's speed$", out, re.M
+    )
+    assert ratio and float(ratio.group(1)) > 0, out
+
+
 def _gpu_report():
     import importlib.util
 

@@ -9,7 +9,7 @@ from hydra.errors import MissingConfigException
 from hydra.utils import get_class, instantiate
 
 import sweeplab  # noqa: F401  (resolvers)
-from sweeplab.build import build_model, build_scheduler
+from sweeplab.build import build_model, build_scheduler, cuda_graph_of
 from sweeplab.checks import check_run
 from sweeplab.device import resolve_device
 from sweeplab.errors import ConfigError
@@ -100,6 +100,8 @@ def test_unknown_group_option_is_refused():
         ("scheduler.monitor=val_loss", "needs a validation split"),
         ("augmentation.pad_mode=wrap", "augmentation.pad_mode='wrap'"),
         ("target_acc=88", "target_acc=88"),
+        ("trainer.cuda_graph=maybe", "trainer.cuda_graph='maybe' must be one of auto, True, False"),
+        ("trainer.jobs_per_card=0", "trainer.jobs_per_card=0 must be an integer >= 1"),
     ],
 )
 def test_bad_values_give_one_line_errors(override, message):
@@ -172,3 +174,15 @@ def test_where_things_are_is_not_what_the_experiment_is():
     assert job.run_name(overrides) == "optimizer.lr=0.1 data.train_limit=100 lr_finder.num_iter=50"
     assert sweep_command(["1e-2"], overrides) == "python train.py -m data.train_limit=100 optimizer.lr=1e-2"
     assert set(job.ENVIRONMENT_GROUPS) <= set(cfg_with())  # groups a saved config's rerun takes whole
+
+
+def test_cuda_graph_is_on_for_cuda_by_default_and_can_be_switched_off():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert cfg_with().trainer.cuda_graph == "auto"
+    assert not cuda_graph_of(cfg_with(), cpu) and cuda_graph_of(cfg_with(), cuda)
+    assert not cuda_graph_of(cfg_with("trainer.cuda_graph=false"), cuda)
+    assert not cuda_graph_of(cfg_with("trainer.compile=true"), cuda)  # torch.compile brings its own
+    with pytest.raises(ConfigError, match="trainer.cuda_graph=true needs a CUDA device, not cpu"):
+        check_run(cfg_with("trainer.cuda_graph=true", "trainer.device=cpu"))
+    with pytest.raises(ConfigError, match="choose one"):
+        check_run(cfg_with("trainer.cuda_graph=true", "trainer.compile=true", "trainer.device=cpu"))

@@ -50,6 +50,7 @@ def test_sweep_is_a_parent_run_with_one_finished_child_per_value(sweep):
         assert run.data.tags["sweeplab.git_dirty"] == str(git["dirty"])
         assert len(run.data.tags["sweeplab.data.train_sha256"]) == 64
         assert "optimizer.lr=" in run.data.tags["sweeplab.overrides"]
+        assert run.data.tags["sweeplab.device"] == "cpu"  # where it trained (a card: cuda:N and its name)
     # The parent holds the outcome: the best value, which child holds it, how many jobs finished.
     best = max(r.data.metrics["best_test_acc"] for r in runs)
     assert parent.data.metrics["sweep.best_value"] == best

@@ -13,8 +13,9 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from sweeplab import job
 from sweeplab.data import Augment, Dataset, DeviceLoader, Split, from_config
-from sweeplab.device import resolve_device
+from sweeplab.device import job_device
 from sweeplab.engine import Trainer, seed_everything
 from sweeplab.errors import ConfigError
 
@@ -53,7 +54,9 @@ def building(piece: str):
 
 
 def device_of(cfg: DictConfig) -> torch.device:
-    return resolve_device(cfg.trainer.device)
+    """The run's device; ``auto`` in a sweep on a machine with several GPUs: a card of the job's own."""
+    sweep_dir, job_num = job.multirun_job()
+    return job_device(cfg.trainer.device, sweep_dir, job_num, cfg.trainer.get("jobs_per_card", 1))
 
 
 def precision_of(cfg: DictConfig, device: torch.device) -> str:
@@ -65,6 +68,12 @@ def precision_of(cfg: DictConfig, device: torch.device) -> str:
 def channels_last_of(cfg: DictConfig, device: torch.device) -> bool:
     """``trainer.channels_last``, with auto = on CUDA only."""
     return device.type == "cuda" if cfg.trainer.channels_last == "auto" else bool(cfg.trainer.channels_last)
+
+
+def cuda_graph_of(cfg: DictConfig, device: torch.device) -> bool:
+    """``trainer.cuda_graph``, with auto = on CUDA unless the model is compiled (torch.compile has its own)."""
+    graph = cfg.trainer.get("cuda_graph", "auto")  # .get: a run saved before the key existed
+    return device.type == "cuda" and not cfg.trainer.compile if graph == "auto" else bool(graph)
 
 
 def load_data(cfg: DictConfig, device: torch.device | None = None) -> Dataset:
@@ -234,6 +243,7 @@ def build_trainer(cfg: DictConfig, device: torch.device, data: Dataset) -> Train
         target_acc=cfg.target_acc,
         checkpoint_every=trainer.checkpoint_every,
         compile=trainer.compile,
+        cuda_graph=cuda_graph_of(cfg, device),
         progress=trainer.progress,
         callbacks=build_callbacks(cfg),
     )

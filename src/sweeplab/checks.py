@@ -88,7 +88,14 @@ def check_run(cfg: DictConfig) -> None:
     integer(aug.crop_padding, "augmentation.crop_padding", minimum=0)
     one_of(aug.pad_mode, "augmentation.pad_mode", ("zeros", "reflect"))
     check_data(data)
-    resolve_device(trainer.device)
+    device = resolve_device(trainer.device)
+    graph = trainer.get("cuda_graph", "auto")  # .get: a run saved before the key existed
+    one_of(graph, "trainer.cuda_graph", ("auto", True, False))
+    if graph is True and trainer.compile:
+        raise ConfigError("trainer.cuda_graph=true and trainer.compile=true: choose one (auto is off when compiling)")
+    if graph is True and device.type != "cuda":
+        raise ConfigError(f"trainer.cuda_graph=true needs a CUDA device, not {device} (use auto or false)")
+    integer(trainer.get("jobs_per_card", 1), "trainer.jobs_per_card")
 
 
 def check_data(data: DictConfig) -> None:

@@ -2,7 +2,8 @@
 
 It reports through callbacks and knows nothing of MLflow or Hydra, so it can be benchmarked bare.
 Inside a training step nothing waits for the device: loss and accuracy accumulate there and are
-read once per epoch (and at each progress-bar refresh when a terminal shows one).
+read once per epoch (and at each progress-bar refresh when a terminal shows one). With
+``cuda_graph`` the step's forward and backward replay a captured CUDA graph (sweeplab.graph_step).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 
 from sweeplab import checkpoint
 from sweeplab.errors import RunFailed
+from sweeplab.graph_step import GraphStep
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +99,16 @@ class Trainer:
         callbacks=(),
         progress: bool | None = None,
         compile: bool = False,
+        cuda_graph: bool = False,  # on a CPU: the same static step without capture (what the tests check)
     ):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.train_loader, self.test_loader, self.val_loader = train_loader, test_loader, val_loader
         self.device, self.scheduler_interval, self.monitor = device, scheduler_interval, monitor
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+        self.autocast = (  # a captured graph must not keep autocast's cast weights between replays
+            torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not cuda_graph)
+            if precision == "bf16"
+            else nullcontext()
+        )
         self.label_smoothing, self.tta_flip, self.target_acc = label_smoothing, tta_flip, target_acc
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.checkpoint_every, self.callbacks = checkpoint_every, list(callbacks)
@@ -109,6 +116,11 @@ class Trainer:
         self.compile = compile
         self.compile_seconds: float | None = None  # measured by warm_up() when compiling
         self.forward = torch.compile(model) if compile else model
+        self.graph_step = (
+            GraphStep(self._forward_backward, model.parameters(), capture=device.type == "cuda") if cuda_graph else None
+        )
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # a graph replays on the current device's stream: this job's card
         self.epoch = 0  # last completed epoch
         self.history: list[dict] = []
         self.best: dict = {"test_acc": -1.0, "epoch": None}
@@ -126,16 +138,12 @@ class Trainer:
         bar = tqdm(total=len(loader), desc=f"Epoch {epoch}", leave=False, disable=not self.progress, dynamic_ncols=True)
         start = time.perf_counter()
         for step, (x, y) in enumerate(loader):
-            with self.autocast:
-                out = self.forward(x)
-                loss = F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, hits = self._step(x, y)
             self.optimizer.step()
             if self.scheduler is not None and self.scheduler_interval == "step":
                 self.scheduler.step()
-            loss_sum += loss.detach().float() * len(y)
-            correct += (out.detach().argmax(1) == y).sum()
+            loss_sum += loss * len(y)
+            correct += hits
             seen += len(y)
             if bar.disable:
                 continue
@@ -155,6 +163,22 @@ class Trainer:
             "epoch_time": seconds,
             "images_per_sec": seen / seconds,
         }
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, loss and backward of one batch, from the CUDA graph where there is one."""
+        if self.graph_step is not None:
+            return self.graph_step(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        return self._forward_backward(x, y)
+
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's device work (what a CUDA graph captures): the gradients, the batch's mean loss
+        (fp32) and how many of its images the model got right."""
+        with self.autocast:
+            out = self.forward(x)
+            loss = F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
+        loss.backward()
+        return loss.detach().float(), (out.detach().argmax(1) == y).sum()
 
     def warm_up(self) -> None:
         """Compile before the first epoch, so compile time is reported apart from epoch times:
@@ -200,6 +224,9 @@ class Trainer:
         except (KeyboardInterrupt, SystemExit):  # a signal or a cluster's requeue: keep the last complete epoch
             self._save_unsaved()
             raise
+        if self.graph_step is not None:
+            g = self.graph_step
+            log.info(f"CUDA graph: {g.replays} steps replayed, {g.eager_steps} eager (warm-up, short batches)")
         for cb in listeners:
             cb.on_fit_end(self)
         return self.history
@@ -260,6 +287,10 @@ class Trainer:
             )
         if self.history and "val_acc" in self.history[0]:
             out["best_val_acc"] = max(m["val_acc"] for m in self.history)
+        if self.graph_step is not None:  # steps this fit replayed from the CUDA graph (0: it fell back to eager)
+            out["cuda_graph_replays"] = self.graph_step.replays
+        if self.device.type == "cuda":  # what this job held on its card at most (a sweep's memory check estimates it)
+            out["max_memory_gib"] = torch.cuda.max_memory_reserved(self.device) / 2**30
         return out
 
     # -- checkpoints -----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ ENVIRONMENT_KEYS = (
     "data.cache_dir",
     "data.workers",
     "trainer.device",
+    "trainer.jobs_per_card",
     "trainer.progress",
     "task_name",
 )
@@ -72,6 +73,14 @@ def _multirun_dir() -> Path | None:
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         return Path(HydraConfig.get().sweep.dir)
     return None
+
+
+def multirun_job() -> tuple[Path | None, int]:
+    """(the sweep folder, this job's number) in a multirun; (None, 0) otherwise."""
+    from hydra.core.hydra_config import HydraConfig
+
+    folder = _multirun_dir()
+    return (folder, int(HydraConfig.get().job.num)) if folder is not None else (None, 0)
 
 
 def write_sweep(sweep_dir: str | Path, **facts) -> dict:

@@ -24,7 +24,7 @@ from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from sweeplab import errors, job, report, tracking
+from sweeplab import device, errors, job, placement, report, tracking
 from sweeplab.checks import check_run
 from sweeplab.errors import ConfigError, RunFailed
 
@@ -49,18 +49,21 @@ def grid(parsed: list[Override]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*values.values())]
 
 
-def validate_jobs(config: DictConfig, parsed) -> None:
+def validate_jobs(config: DictConfig, parsed) -> list[DictConfig]:
     """Compose and check every job of a grid sweep before the first one starts: a bad value in
     the fifth job should not surface after four jobs of training. Searches whose jobs a sweeper
-    draws as it goes (Optuna's ranges) are checked job by job instead."""
+    draws as it goes (Optuna's ranges) are checked job by job instead (no configs returned)."""
     if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):
-        return
+        return []
     loader = GlobalHydra.instance().config_loader()
+    jobs = []
     for overrides in grid(parsed):
         try:
-            check_run(loader.load_sweep_config(config, overrides))
+            jobs.append(loader.load_sweep_config(config, overrides))
+            check_run(jobs[-1])
         except ConfigError as err:
             raise ConfigError(f"job {' '.join(overrides)}: {err}") from None
+    return jobs
 
 
 def sweep_name(parsed, config: DictConfig) -> str:
@@ -86,8 +89,8 @@ class SweepCallback(Callback):
         tracking.protect(config)  # from here on, Hydra's own log lines of each job's overrides are masked too
         loader = GlobalHydra.instance().config_loader()  # for glob(...) sweeps, which list a group's options
         parsed = OverridesParser.create(config_loader=loader).parse_overrides(list(config.hydra.overrides.task))
-        try:  # before any job starts: every job's config, and the store they will all log to
-            validate_jobs(config, parsed)
+        try:  # before any job starts: every job's config, where they run at once, the store they all log to
+            placement.check_sweep(config, validate_jobs(config, parsed))
             experiment_id = tracking.setup(config.tracking)
         except ConfigError as err:
             errors.fail(err)
@@ -98,6 +101,9 @@ class SweepCallback(Callback):
         job.write_sweep(config.hydra.sweep.dir, id=sweep_id, parent_run_id=parent, swept=swept)
         atexit.register(_abandoned, parent)
         log.info(f"sweep {sweep_id}: MLflow parent run {parent}, jobs tagged {tracking.SWEEP_TAG}={sweep_id}")
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        device.release_card()  # in the job's process: a reused worker's next job claims afresh
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -16,6 +16,7 @@ from sweeplab import build, checkpoint, job, plots, tracking
 from sweeplab.checks import check_run
 from sweeplab.classifier import Classifier
 from sweeplab.data import Dataset
+from sweeplab.device import device_label
 from sweeplab.engine import Trainer
 from sweeplab.errors import ConfigError
 
@@ -94,6 +95,7 @@ def fit(cfg: DictConfig, resume: str | None = None) -> float:
     system_metrics = bool(cfg.tracking.get("system_metrics"))
     with tracking.open_run(experiment_id, name, resume, tags, job.parent_run_id(), system_metrics) as run_id:
         job.note_run(run_id)
+        tracking.set_tags({"sweeplab.device": device_label(pieces.device)})  # which card, in a sweep over several
         ckpt_dir = Path(cfg.paths.checkpoint_dir) / run_id
         logger = tracking.MlflowLogger(run_id)
         if state is not None:

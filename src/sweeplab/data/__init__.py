@@ -11,7 +11,7 @@ from sweeplab.data.config import from_config
 from sweeplab.data.dataset import DataError, Dataset, Split, channel_stats, limit
 from sweeplab.data.image_folder import FolderPlan, decode_image, load_image_folder, scan_image_folder
 from sweeplab.data.loader import Augment, DeviceLoader
-from sweeplab.data.memory import check_fits, device_bytes, format_bytes, free_memory
+from sweeplab.data.memory import card_free, check_fits, device_bytes, format_bytes, free_memory
 
 __all__ = [
     "CIFAR",
@@ -24,6 +24,7 @@ __all__ = [
     "DeviceLoader",
     "FolderPlan",
     "Split",
+    "card_free",
     "channel_stats",
     "check_fits",
     "decode_image",

@@ -28,6 +28,16 @@ def free_memory(device: torch.device) -> int | None:
     return None
 
 
+def card_free(index: int) -> int:
+    """Free bytes on CUDA card ``index``, read through NVML where it is installed: the sweep's own
+    process asks before its jobs start, and should not hold a CUDA context on each card all the while."""
+    try:
+        used = torch.cuda.device_memory_used(index)  # NVML (pynvml), with CUDA_VISIBLE_DEVICES' numbering
+    except Exception:  # no NVML: the CUDA runtime's figure
+        return int(torch.cuda.mem_get_info(index)[0])
+    return int(torch.cuda.get_device_properties(index).total_memory - used)
+
+
 def check_fits(needed: int, device: torch.device, hint: str) -> None:
     """A one-line DataError when ``needed`` bytes exceed the device's free memory; ``hint`` says what to change."""
     free = free_memory(device)
