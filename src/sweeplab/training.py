@@ -28,6 +28,11 @@ def train(cfg: DictConfig) -> float:
         return fit(config_of(cfg.resume, cfg), resume=str(cfg.resume))
     if cfg.get("reproduce"):
         return fit(config_of(cfg.reproduce, cfg))
+    if cfg.get("seeds") is not None and not job.is_multirun():
+        raise ConfigError(
+            f"seeds={cfg.seeds} runs each configuration of a sweep with {cfg.seeds} seeds: add -m "
+            f"(python train.py -m seeds={cfg.seeds} ...), or choose one seed with trainer.seed"
+        )
     requeued = unfinished_run_of_this_job(cfg)
     if requeued:
         log.info(f"this job ran before (a requeued cluster job): resuming its run {requeued}")
@@ -92,6 +97,7 @@ def fit(cfg: DictConfig, resume: str | None = None) -> float:
     tags, git = {}, tracking.git_state()
     if not resume:
         tags = tracking.tags_for(cfg, overrides, job.sweep_id(), git)
+        tags[tracking.CONFIGURATION_TAG] = job.configuration(overrides)
         if cfg.get("origin_run"):
             tags["sweeplab.reproduces"] = str(cfg.origin_run)
     name = cfg.tracking.get("run_name") or job.run_name(overrides)

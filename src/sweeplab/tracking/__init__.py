@@ -4,10 +4,12 @@ plain values (run ids, dicts, paths, figures) and ``Run`` records, through the n
 One module per job: ``store`` (where records go, checked before any run), ``lifecycle`` (a run opened
 and ended with its status), ``secrets`` (kept out of everything logged), ``logger`` (params, metrics,
 files, figures; the engine's epoch callback), ``search`` (finding runs), ``artifacts`` (a run's
-files and saved config), ``provenance`` (config, git, versions, data sets) and ``models`` (logged
-models and the registry); ``records`` holds the tag names and the ``Run`` record."""
+files and saved config), ``provenance`` (config, git, versions, data sets), ``models`` (logged
+models and the registry) and ``configurations`` (the one best-run choice: runs grouped by what they
+vary but the seed, ranked by mean); ``records`` holds the tag names and the ``Run`` record."""
 
 from sweeplab.tracking.artifacts import artifact_names, download, saved_config
+from sweeplab.tracking.configurations import Configuration, choose_best, configuration_of, configurations
 from sweeplab.tracking.lifecycle import create_run, end_run, open_run
 from sweeplab.tracking.logger import (
     MlflowLogger,
@@ -32,11 +34,13 @@ from sweeplab.tracking.models import (
 from sweeplab.tracking.provenance import environment, flatten, git_state, log_dataset, tags_for
 from sweeplab.tracking.records import (
     BEST_ALIAS,
+    CONFIGURATION_TAG,
     FAILURE_TAG,
     KIND_TAG,
     MODEL_NAME,
     NOTE_TAG,
     PARENT_TAG,
+    SEED_TAG,
     SWEEP_TAG,
     Run,
 )
@@ -65,18 +69,24 @@ from sweeplab.tracking.store import (
 
 __all__ = [
     "BEST_ALIAS",
+    "CONFIGURATION_TAG",
     "FAILURE_TAG",
     "KIND_TAG",
     "MODEL_NAME",
     "NOTE_TAG",
     "PARENT_TAG",
+    "SEED_TAG",
     "SWEEP_TAG",
+    "Configuration",
     "MlflowLogger",
     "Run",
     "all_runs",
     "artifact_names",
     "best_run",
     "check_reachable",
+    "choose_best",
+    "configuration_of",
+    "configurations",
     "create_run",
     "download",
     "end_run",

@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.paths import repo_root
-from sweeplab.tracking.records import SWEEP_TAG
+from sweeplab.tracking.records import SEED_TAG, SWEEP_TAG
 from sweeplab.tracking.store import duplicate_key, quiet
 
 
@@ -76,7 +76,7 @@ def environment() -> dict[str, str]:
 
 def tags_for(cfg: DictConfig, overrides: list[str], sweep_id: str | None, git: dict) -> dict[str, str]:
     """Where a run comes from: overrides, seed, sweep, git commit, versions and device."""
-    tags = {"sweeplab.overrides": " ".join(overrides) or "(defaults)", "sweeplab.seed": str(cfg.trainer.seed)}
+    tags = {"sweeplab.overrides": " ".join(overrides) or "(defaults)", SEED_TAG: str(cfg.trainer.seed)}
     if sweep_id:
         tags[SWEEP_TAG] = sweep_id
     if git:
