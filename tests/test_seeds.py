@@ -11,6 +11,7 @@ import math
 import statistics
 
 import pytest
+from omegaconf import OmegaConf
 from scipy import stats
 
 from sweeplab import job, report, tracking
@@ -204,6 +205,9 @@ def test_every_job_is_a_seed_of_its_configuration(sweep):
         assert run.info.status == "FINISHED"
         assert run.data.tags["sweeplab.configuration"] == f"optimizer.lr={run.data.params['optimizer.lr']}"
         assert run.data.tags["sweeplab.seed"] == run.data.params["trainer.seed"]
+    # Each run's saved config reruns that one run (python train.py --config-dir ...), not a sweep of seeds.
+    saved = OmegaConf.load(sweep["client"].download_artifacts(children[0].info.run_id, "config/config.yaml"))
+    assert saved.seeds is None and str(saved.trainer.seed) == children[0].data.params["trainer.seed"]
     groups = by_configuration(children)
     assert {k: sorted(r.data.params["trainer.seed"] for r in v) for k, v in groups.items()} == {
         "optimizer.lr=0.05": ["1", "2"],

@@ -167,8 +167,10 @@ def _log_start(cfg: DictConfig, overrides: list[str], data: Dataset, git: dict, 
     )
     if git.get("dirty") and git.get("diff"):
         tracking.log_text(git["diff"], "git/diff.patch")
-    # The config as composed (re-runnable with --config-dir), resolved, and Hydra's own record.
-    rerunnable = OmegaConf.merge({"defaults": ["_self_", {"hydra": "default"}]}, cfg, {"origin_run": run_id})
+    # The config as composed (re-runnable with --config-dir), resolved, and Hydra's own record. A
+    # seeded sweep's job reruns as the one run it is (its trainer.seed), not as a sweep of seeds.
+    this_run = {"origin_run": run_id, **({"seeds": None} if "seeds" in cfg else {})}
+    rerunnable = OmegaConf.merge({"defaults": ["_self_", {"hydra": "default"}]}, cfg, this_run)
     tracking.log_text(OmegaConf.to_yaml(tracking.masked_config(rerunnable)), "config/config.yaml")
     tracking.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
     tracking.log_text("\n".join(overrides) + "\n", "config/overrides.txt")

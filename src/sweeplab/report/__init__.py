@@ -374,7 +374,9 @@ def build_report(
     seeded = is_seeded(ranked)
     if seeded:  # one curve per configuration, best first
         names = [c.name for c in ranked] + [n for n in curves if n not in {c.name for c in ranked}]
-        figure_curves = {f"{n} ({len(curves[n])} runs)": mean_curves(curves[n]) for n in names}
+        figure_curves = {
+            f"{n} ({len(curves[n])} run{'s' * (len(curves[n]) > 1)})": mean_curves(curves[n]) for n in names
+        }
     else:
         figure_curves = histories
 
