@@ -136,6 +136,34 @@ def test_with_one_seed_the_verdict_says_none_is_possible_and_how_to_get_one():
     assert verdict([]).text.startswith("No verdict")
 
 
+def test_the_configurations_table_spreads_the_target_over_the_seeds_that_reached_it():
+    runs = seeded({"lr=0.1": [0.90, 0.89, 0.80], "lr=0.2": [0.70, 0.71]})
+    to_target = {0: (5, 50.0), 1: (7, 71.0)}  # lr=0.1: two of its three seeds reached the target
+    rows = []
+    for i, run in enumerate(runs):
+        epochs, seconds = to_target.get(i, (None, None))
+        row = dict.fromkeys(report.COLUMNS)
+        row |= {"run": run.name, "overrides": run.name, "run_id": run.run_id, "status": "FINISHED"}
+        row |= {"best_test_acc": run.metrics[ACC]}
+        row |= {"configuration": run.tags[tracking.CONFIGURATION_TAG], "final_test_loss": 1.0 + i / 10}
+        row |= {"epochs_to_target": epochs, "train_time_to_target": seconds, "target_acc": 0.88}
+        rows.append(row)
+    rows.append({**rows[-1], "run": "lr=0.2 trainer.seed=3", "run_id": "x", "status": "FAILED"})
+    ranked = configurations(runs, ACC, "max")
+    table = report.configuration_rows(rows, ranked, ACC)
+    assert [(c["configuration"], c["runs"], c["finished"], c["reached_target"]) for c in table] == [
+        ("lr=0.1", 3, 3, 2),
+        ("lr=0.2", 3, 2, 0),
+    ]
+    assert table[0]["epochs_to_target_mean"] == 6 and table[0]["epochs_to_target_std"] == pytest.approx(math.sqrt(2))
+    assert table[0]["train_time_to_target_mean"] == 60.5
+    assert table[1]["final_test_loss_mean"] == pytest.approx(1.35) and table[1]["best_run"] == "lr=0.2 trainer.seed=2"
+    markdown = report.to_markdown(rows, "s1", None, ranked, ACC)
+    assert "| `lr=0.1` | 3 | 86.33 ± 5.51% | 6.0 ± 1.4 (2 of 3) | 60.5 ± 14.8 s (2 of 3) | 1.100 ± 0.100 |" in markdown
+    assert "| `lr=0.2` | 2 (+1 failed) | 70.50 ± 0.71% | not reached | not reached | 1.350 ± 0.071 |" in markdown
+    assert "Best configuration: **lr=0.1** with 86.33 ± 5.51% test accuracy over 3 seeds" in markdown
+
+
 # -- the shorthand ------------------------------------------------------------------------------------
 def test_seeds_is_the_grid_sweepers_range_of_seeds(monkeypatch):
     assert job.seed_sweep(3) == {"trainer.seed": "range(1,4)"} and job.seed_sweep(None) == {}
