@@ -41,6 +41,7 @@ FILE_SECONDS = {
     "test_chain.py": (20, 0),
     "test_find_lr.py": (18, 4.6),
     "test_secrets.py": (18, 0),
+    "test_seeds.py": (18, 4),  # builds sweeps.seeded_sweep, which test_browser.py reads too
     "test_load.py": (17, 0),
     "test_train.py": (13, 6.2),
     "test_signals.py": (12, 0),

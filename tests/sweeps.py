@@ -73,6 +73,21 @@ def two_run_sweep(tiny_npz) -> dict:
     )
 
 
+def seeded_sweep(tiny_npz) -> dict:
+    """A finished 2 x 2 sweep: two learning rates, each with seeds 1 and 2 (``seeds=2``), 2 epochs on
+    the whole tiny data set (so that the two learning rates learn differently)."""
+    return run_sweep(
+        tiny_npz,
+        "seeded",
+        "optimizer.lr=0.05,0.005",
+        "seeds=2",
+        "trainer.epochs=2",
+        "tracking.system_metrics=false",
+        "data.train_limit=null",
+        "data.test_limit=null",
+    )
+
+
 def failed_sweep(tiny_npz) -> dict:
     """lr=1e6 drives the training loss to NaN within the epoch's 10 steps: that job's run ends FAILED,
     and the job after it (lr 0.05) still runs: a sweep goes on past a failed job."""

@@ -87,6 +87,10 @@ def test_table_rows_match_the_runs_mlflow_metrics(sweep):
         assert row["run"] == run.info.run_name
         assert row["overrides"] == run.data.tags["sweeplab.overrides"]
         assert row["status"] == "FINISHED" and row["failure"] == ""
+        assert row["configuration"] == run.data.tags["sweeplab.configuration"] == run.info.run_name  # no seeds
+        assert row["seed"] == run.data.params["trainer.seed"] == "1"
+        losses = sorted(client.get_metric_history(run.info.run_id, "test_loss"), key=lambda x: x.step)
+        assert float(row["final_test_loss"]) == losses[-1].value
         assert float(row["best_test_acc"]) == m["best_test_acc"]
         assert int(row["best_epoch"]) == m["best_epoch"]
         assert row["epochs_to_target"] == ("" if "epochs_to_target" not in m else str(int(m["epochs_to_target"])))
@@ -112,6 +116,20 @@ def test_the_report_is_logged_to_the_sweeps_parent_run(sweep):
     assert paths == {"report/comparison.png", "report/comparison.md", "report/comparison.csv"}
     assert "| optimizer.lr=0.02 |" in parent.data.tags["mlflow.note.content"]  # its description in the UI
     assert len(all_runs(sweep)) == 3  # the parent and its two jobs: no separate report run
+
+
+def test_with_one_seed_the_verdict_says_none_is_possible(sweep):
+    """Two learning rates, one seed each: the report and the parent say so and how to get a verdict;
+    the report stays one table of runs and the figure one line per run (test_figure_...)."""
+    (sweep_dir,) = sweep["sweep_dirs"]
+    markdown = (sweep_dir / "report" / "comparison.md").read_text()
+    (line,) = [x for x in markdown.splitlines() if x.startswith("**Verdict:**")]
+    assert line.startswith("**Verdict:** No verdict possible: optimizer.lr=") and "one run each" in line
+    assert "seeds=3" in line and "Configurations" not in markdown
+    assert not (sweep_dir / "report" / "configurations.csv").exists()
+    parent = parent_of(sweep)
+    assert parent.data.tags["sweeplab.sweep.verdict"] == line.removeprefix("**Verdict:** ")
+    assert "sweep.best_mean" not in parent.data.metrics and "sweep.verdict_p_value" not in parent.data.metrics
 
 
 def report_cfg(*overrides):

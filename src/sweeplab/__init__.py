@@ -6,6 +6,7 @@ import os
 # (its thread removes an environment variable while requests reads it): off unless the user says otherwise.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from sweeplab.paths import register_resolvers  # noqa: E402
+from sweeplab import job, paths  # noqa: E402
 
-register_resolvers()
+paths.register_resolvers()  # ${sweeplab_root:}
+job.register_resolvers()  # ${sweeplab_seed_sweep:...}

@@ -67,6 +67,7 @@ def check_run(cfg: DictConfig) -> None:
     integer(data.train_limit, "data.train_limit", optional=True)
     integer(data.test_limit, "data.test_limit", optional=True)
     integer(data.val_split, "data.val_split", minimum=0)
+    integer(cfg.get("seeds"), "seeds", optional=True)
     one_of(trainer.precision, "trainer.precision", PRECISIONS)
     if not (is_number(trainer.label_smoothing) and 0.0 <= trainer.label_smoothing < 1.0):
         raise ConfigError(f"trainer.label_smoothing={trainer.label_smoothing!r} must lie in [0, 1)")

@@ -31,6 +31,9 @@ ENVIRONMENT_KEYS = (
     "task_name",
 )
 
+# The keys that choose a run's seed: a sweep's jobs that differ only in these are seeds of one configuration.
+SEED_KEYS = ("trainer.seed", "seeds")
+
 SWEEP_FILE = ".sweeplab/sweep.json"  # in the sweep folder: {"id", "parent_run_id", "swept"}
 RUN_FILE = ".sweeplab/run_id"  # in a job's folder: the MLflow run it logs to
 
@@ -66,13 +69,18 @@ def output_dir() -> Path | None:
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
 
 
-def _multirun_dir() -> Path | None:
+def is_multirun() -> bool:
+    """The current Hydra app runs a sweep (``-m``)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return Path(HydraConfig.get().sweep.dir)
-    return None
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _multirun_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().sweep.dir) if is_multirun() else None
 
 
 def multirun_job() -> tuple[Path | None, int]:
@@ -112,10 +120,41 @@ def swept_keys() -> list[str]:
 
 
 def run_name(job_overrides: list[str]) -> str:
-    """A multirun job's swept values, else the overrides that define the experiment, else "defaults"."""
+    """A multirun job's swept values (its seed last), else the overrides that define the experiment,
+    else "defaults"."""
     swept = swept_keys()
     keep = [o for o in job_overrides if key_of(o) in swept] or experiment_overrides(job_overrides)
+    keep.sort(key=lambda o: key_of(o) in SEED_KEYS)  # the seed last: optimizer.lr=0.01 trainer.seed=2
     return " ".join(keep)[:250] or "defaults"
+
+
+def configuration(job_overrides: list[str]) -> str:
+    """What a job is a seed of: its run name without the seed (``optimizer.lr=0.01`` for the job
+    ``optimizer.lr=0.01 trainer.seed=2``). A sweep's report compares configurations by their mean over
+    seeds, and the MLflow UI groups runs by it (the tag ``sweeplab.configuration``)."""
+    swept = [k for k in swept_keys() if k not in SEED_KEYS]
+    own = [o for o in job_overrides if key_of(o) not in SEED_KEYS]
+    keep = [o for o in own if key_of(o) in swept] or experiment_overrides(own)
+    return " ".join(keep)[:250] or "defaults"
+
+
+def seed_sweep(seeds: int | None) -> dict[str, str]:
+    """``seeds=N``, the shorthand for "each configuration with N seeds", as the grid sweeper's own
+    params (``hydra.sweeper.params`` in conf/train.yaml): ``trainer.seed=range(1,N+1)``; none when null."""
+    if seeds is None:
+        return {}
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds={seeds!r} must be an integer >= 1 (or null)")
+    return {"trainer.seed": f"range(1,{seeds + 1})"}
+
+
+def register_resolvers() -> None:
+    """``${sweeplab_seed_sweep:${seeds}}`` for the configs."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("sweeplab_seed_sweep"):
+        # A config node, not a dict: OmegaConf.resolve (the config checks) takes only those.
+        OmegaConf.register_new_resolver("sweeplab_seed_sweep", lambda seeds: OmegaConf.create(seed_sweep(seeds)))
 
 
 def note_run(run_id: str) -> None:

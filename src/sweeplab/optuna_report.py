@@ -78,11 +78,9 @@ def log_study(config: DictConfig, results: dict, results_path: Path, sweep_id: s
     experiment_id = tracking.setup(config.tracking)
     runs = [r for r in tracking.sweep_runs(experiment_id, sweep_id) if r.run_id != parent] if sweep_id else []
     objective = str(config.objective)
-    scored = [r for r in runs if r.status == "FINISHED" and objective in r.metrics]
-    best = None
-    if scored and "best_params" in results:
-        pick = max if _direction(config) == "max" else min
-        best = pick(scored, key=lambda r: r.metrics[objective])
+    chosen = tracking.choose_best(runs, objective, _direction(config)) if "best_params" in results else None
+    best = chosen.best_run if chosen is not None else None
+    if best is not None:
         tracking.set_tags({BEST_TAG: "true"}, best.run_id)
     if parent is None:
         return best.run_id if best is not None else None

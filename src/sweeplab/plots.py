@@ -20,16 +20,22 @@ CURVES = (
 
 
 def curves_figure(histories: dict[str, list[dict]], title: str | None = None) -> Figure:
-    """The baseline's 2x2 figure: test acc/loss, train acc/loss per epoch, one line per run."""
+    """The baseline's 2x2 figure: test acc/loss, train acc/loss per epoch, one line per run. A
+    history that also holds ``<key>_std`` (a configuration's mean over seeds) gets a band of ± that."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     for ax, (key, name) in zip(axes.flat, CURVES):
+        scale = 100 if key.endswith("_acc") else 1
         for label, history in histories.items():
             points = [(m["epoch"], m[key]) for m in history if key in m]
             if points:
                 xs, ys = zip(*points)
-                if key.endswith("_acc"):
-                    ys = [100 * y for y in ys]
-                ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=label)
+                line = ax.plot(xs, [scale * y for y in ys], marker="." if len(xs) < 30 else None, label=label)[0]
+            band = [(m["epoch"], m[key], m[f"{key}_std"]) for m in history if f"{key}_std" in m]
+            if band:
+                xs, ys, sd = zip(*band)
+                low = [scale * (y - s) for y, s in zip(ys, sd)]
+                high = [scale * (y + s) for y, s in zip(ys, sd)]
+                ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.set_ylabel("%" if key.endswith("_acc") else "loss")

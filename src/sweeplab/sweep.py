@@ -3,9 +3,10 @@
 Before the first job: every job's config and the store are checked, and the sweep gets an id and
 an MLflow parent run, named after what it varies; every job's run is nested under it (its id
 reaches the jobs through the sweep folder, see sweeplab.job). After the last job: the comparison is
-logged to the parent, which records the best value and the child that holds it and how many jobs
-finished and failed; the best child's model is registered; the parent ends FINISHED, or FAILED
-naming the failed jobs, which also become the command's exit code.
+logged to the parent, which records the best configuration (by its mean over seeds, with seeds) and
+its best run, the verdict on seed noise, and how many jobs finished and failed; that run's model is
+registered; the parent ends FINISHED, or FAILED naming the failed jobs, which also become the
+command's exit code.
 """
 
 from __future__ import annotations
@@ -66,12 +67,47 @@ def validate_jobs(config: DictConfig, parsed) -> list[DictConfig]:
     return jobs
 
 
+def is_grid(config: DictConfig) -> bool:
+    """The sweeper is Hydra's own grid sweeper (not a search such as Optuna's)."""
+    return str(config.hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper")
+
+
+def grid_overrides(config: DictConfig) -> list[str]:
+    """The overrides the grid sweeper expands: its own params (``hydra.sweeper.params``: ``seeds=N``'s
+    ``trainer.seed=range(1,N+1)``), then the command line's, which win for a key in both, as in Hydra."""
+    params = config.hydra.sweeper.get("params") if is_grid(config) else None
+    return [f"{key}={value}" for key, value in (params or {}).items()] + list(config.hydra.overrides.task)
+
+
+def check_seeds(config: DictConfig) -> None:
+    """``seeds=N`` is a grid sweep's shorthand: not beside a swept ``trainer.seed``, not in a search."""
+    seeds = config.get("seeds")
+    if seeds is None:
+        return
+    try:
+        job.seed_sweep(seeds)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if not is_grid(config):
+        raise ConfigError(
+            f"seeds={seeds} repeats a grid sweep's configurations; a search (hydra.sweeper="
+            f"{config.hydra.sweeper._target_.rsplit('.', 1)[-1]}) chooses its own trials: leave seeds out"
+        )
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    mine = [o.input_line for o in parsed if o.get_key_element() == "trainer.seed"]
+    if mine:
+        raise ConfigError(f"seeds={seeds} and {mine[0]} both choose the seeds: keep one of them")
+
+
 def sweep_name(parsed, config: DictConfig) -> str:
-    """``sweep optimizer.lr=1e-2,9.33e-3`` (what the sweep varies; an Optuna search names its space)."""
-    swept = [o.input_line for o in parsed if o.is_sweep_override()]
-    searched = list((config.hydra.get("sweeper", {}).get("params") or {}).keys())
-    if searched:
-        swept.append("search " + ",".join(searched))
+    """``sweep optimizer.lr=1e-2,9.33e-3 seeds=3`` (what the sweep varies; an Optuna search names its space)."""
+    swept = [o.input_line for o in parsed if o.is_sweep_override() and o.input_line in config.hydra.overrides.task]
+    if config.get("seeds") is not None:
+        swept.append(f"seeds={config.seeds}")
+    if not is_grid(config):
+        searched = list((config.hydra.sweeper.get("params") or {}).keys())
+        if searched:
+            swept.append("search " + ",".join(searched))
     return ("sweep " + " ".join(swept or ["(no swept values)"]))[:250]
 
 
@@ -88,8 +124,9 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         tracking.protect(config)  # from here on, Hydra's own log lines of each job's overrides are masked too
         loader = GlobalHydra.instance().config_loader()  # for glob(...) sweeps, which list a group's options
-        parsed = OverridesParser.create(config_loader=loader).parse_overrides(list(config.hydra.overrides.task))
         try:  # before any job starts: every job's config, where they run at once, the store they all log to
+            check_seeds(config)
+            parsed = OverridesParser.create(config_loader=loader).parse_overrides(grid_overrides(config))
             placement.check_sweep(config, validate_jobs(config, parsed))
             experiment_id = tracking.setup(config.tracking)
         except ConfigError as err:
@@ -123,7 +160,12 @@ class SweepCallback(Callback):
             errors.fail(RunFailed(f"sweep {sweep_id}: {err}"))
         if runs:
             try:  # the report is a bonus: a broken one must not hide the sweep's own outcome
-                report.announce(report.build_report(experiment_id, sweep_id, sweep_dir / "report"))
+                metric, direction = str(config.tracking.best_metric), str(config.tracking.best_direction)
+                report.announce(
+                    report.build_report(
+                        experiment_id, sweep_id, sweep_dir / "report", metric=metric, direction=direction
+                    )
+                )
             except Exception as err:
                 log.error(f"sweep {sweep_id}: could not write the report: {type(err).__name__}: {err}")
         failed = [f"{r.name} ({r.status})" for r in runs if r.status != "FINISHED"]
@@ -138,21 +180,35 @@ class SweepCallback(Callback):
 
 
 def finish(config: DictConfig, parent: str, runs: list[tracking.Run], failed: list[str]) -> None:
-    """The sweep's outcome on its parent run; the best job's model registered; the parent ended."""
+    """The sweep's outcome on its parent run; the best run of the best configuration registered; the
+    parent ended. With seeds the best is a configuration, by its mean (sweeplab.tracking.configurations)."""
     metric, direction = str(config.tracking.best_metric), str(config.tracking.best_direction)
-    scored = [r for r in reversed(runs) if r.status == "FINISHED" and metric in r.metrics]  # ties: the newest
-    best = (max if direction == "max" else min)(scored, key=lambda r: r.metrics[metric]) if scored else None
+    ranked = tracking.configurations(runs, metric, direction)
+    best = ranked[0] if ranked else None
     jobs = len(runs) + sum(f.startswith("job ") for f in failed)
     tracking.log_metrics(
         {"sweep.jobs": jobs, "sweep.jobs_finished": jobs - len(failed), "sweep.jobs_failed": len(failed)}, run_id=parent
     )
-    tags = {"sweeplab.sweep.best_metric": metric}
+    said = report.verdict(ranked)
+    tags = {"sweeplab.sweep.best_metric": metric, "sweeplab.sweep.verdict": said.text}
+    if said.p_value is not None:
+        tracking.log_metrics({"sweep.verdict_p_value": said.p_value}, run_id=parent)
     if best is not None:
-        tracking.log_metrics({"sweep.best_value": best.metrics[metric]}, run_id=parent)
-        tags.update({"sweeplab.sweep.best_run": best.run_id, "sweeplab.sweep.best_run_name": best.name})
-        if config.tracking.get("register", True) and tracking.model_uri(best.run_id):
-            name = registered_name(config, best)
-            version, moved = tracking.register_best(name, best, metric, direction)
+        run = best.best_run
+        tracking.log_metrics({"sweep.best_value": run.metrics[metric]}, run_id=parent)
+        if any(c.n > 1 for c in ranked):  # seeds: the best configuration's mean and spread
+            tracking.log_metrics({"sweep.best_mean": best.mean, "sweep.best_std": best.std or 0.0}, run_id=parent)
+            tracking.log_metrics({"sweep.best_seeds": best.n}, run_id=parent)
+        tags.update(
+            {
+                "sweeplab.sweep.best_configuration": best.name,
+                "sweeplab.sweep.best_run": run.run_id,
+                "sweeplab.sweep.best_run_name": run.name,
+            }
+        )
+        if config.tracking.get("register", True) and tracking.model_uri(run.run_id):
+            name = registered_name(config, run)
+            version, moved = tracking.register_best(name, run, metric, direction)
             tags.update(
                 {
                     "sweeplab.registered_model": name,
@@ -164,7 +220,8 @@ def finish(config: DictConfig, parent: str, runs: list[tracking.Run], failed: li
             alias = f"@{tracking.BEST_ALIAS} " + (
                 "moved to it" if moved else f"stays on version {holder and holder[0]}"
             )
-            log.info(f"registered {name} version {version} ({metric} {best.metrics[metric]:.4f}); {alias}")
+            log.info(f"registered {name} version {version} ({metric} {run.metrics[metric]:.4f}); {alias}")
+    log.info(f"verdict: {said.text}")
     if failed:
         tags[tracking.FAILURE_TAG] = f"failed jobs: {', '.join(failed)}"[:5000]
     tracking.set_tags(tags, parent)

@@ -30,6 +30,11 @@ def train(cfg: DictConfig) -> float:
         return fit(config_of(cfg.resume, cfg), resume=str(cfg.resume))
     if cfg.get("reproduce"):
         return fit(config_of(cfg.reproduce, cfg))
+    if cfg.get("seeds") is not None and not job.is_multirun():
+        raise ConfigError(
+            f"seeds={cfg.seeds} runs each configuration of a sweep with {cfg.seeds} seeds: add -m "
+            f"(python train.py -m seeds={cfg.seeds} ...), or choose one seed with trainer.seed"
+        )
     requeued = unfinished_run_of_this_job(cfg)
     if requeued:
         log.info(f"this job ran before (a requeued cluster job): resuming its run {requeued}")
@@ -88,6 +93,7 @@ def fit(cfg: DictConfig, resume: str | None = None) -> float:
     tags = {}
     if not resume:
         tags = tracking.tags_for(cfg.trainer.seed, overrides, job.sweep_id(), git)
+        tags[tracking.CONFIGURATION_TAG] = job.configuration(overrides)
         if cfg.get("origin_run"):
             tags["sweeplab.reproduces"] = str(cfg.origin_run)
     name = cfg.tracking.get("run_name") or job.run_name(overrides)
@@ -186,7 +192,9 @@ def saved_config_text(cfg: DictConfig, origin_run: str) -> str:
     """The config as a run saves it (config/config.yaml): as composed, without its secrets, naming the
     run it came from, with a defaults list that makes it a primary config (``python train.py
     --config-dir <its folder> --config-name config`` reruns it)."""
-    rerunnable = OmegaConf.merge({"defaults": ["_self_", {"hydra": "default"}]}, cfg, {"origin_run": origin_run})
+    # A seeded sweep's job reruns as the one run it is (its trainer.seed), not as a sweep of seeds.
+    this_run = {"origin_run": origin_run, **({"seeds": None} if "seeds" in cfg else {})}
+    rerunnable = OmegaConf.merge({"defaults": ["_self_", {"hydra": "default"}]}, cfg, this_run)
     return OmegaConf.to_yaml(tracking.masked_config(rerunnable))
 
 

@@ -37,7 +37,14 @@ def write_report(cfg: DictConfig) -> Report:
         out = previous and previous.tags.get(REPORT_DIR_TAG)
         if not out or not Path(out).parent.is_dir():
             out = Path(cfg.paths.log_dir) / "reports" / sweep_id
-    result = build_report(experiment_id, sweep_id, Path(out), log_to_mlflow=bool(cfg.log_to_mlflow))
+    result = build_report(
+        experiment_id,
+        sweep_id,
+        Path(out),
+        log_to_mlflow=bool(cfg.log_to_mlflow),
+        metric=str(cfg.tracking.best_metric),
+        direction=str(cfg.tracking.best_direction),
+    )
     announce(result)
     return result
 

@@ -5,10 +5,12 @@ One module per job: ``store`` (where records go, checked before any run), ``life
 and ended with its status), ``secrets`` (kept out of everything logged), ``logger`` (params, metrics,
 files, figures; the engine's epoch callback), ``search`` (finding runs), ``artifacts`` (a run's
 files and saved config), ``provenance`` (config, git, versions, data sets: a run's start recorded in
-one call) and ``models`` (logged models and the registry); ``records`` holds the tag names and the
-plain records the rest of the project hands over (``Run``, ``RunStart``, ``DataInput``)."""
+one call), ``models`` (logged models and the registry) and ``configurations`` (the one best-run
+choice: runs grouped by what they vary but the seed, ranked by mean); ``records`` holds the tag names
+and the plain records the rest of the project hands over (``Run``, ``RunStart``, ``DataInput``)."""
 
 from sweeplab.tracking.artifacts import artifact_names, download, saved_config
+from sweeplab.tracking.configurations import Configuration, choose_best, configuration_of, configurations
 from sweeplab.tracking.lifecycle import create_run, end_run, open_run
 from sweeplab.tracking.logger import (
     MlflowLogger,
@@ -33,11 +35,13 @@ from sweeplab.tracking.models import (
 from sweeplab.tracking.provenance import environment, flatten, git_state, log_dataset, record_start, tags_for
 from sweeplab.tracking.records import (
     BEST_ALIAS,
+    CONFIGURATION_TAG,
     FAILURE_TAG,
     KIND_TAG,
     MODEL_NAME,
     NOTE_TAG,
     PARENT_TAG,
+    SEED_TAG,
     SWEEP_TAG,
     DataInput,
     Run,
@@ -68,13 +72,16 @@ from sweeplab.tracking.store import (
 
 __all__ = [
     "BEST_ALIAS",
+    "CONFIGURATION_TAG",
     "FAILURE_TAG",
     "KIND_TAG",
     "MODEL_NAME",
     "NOTE_TAG",
     "PARENT_TAG",
+    "SEED_TAG",
     "SWEEP_TAG",
     "DataInput",
+    "Configuration",
     "MlflowLogger",
     "Run",
     "RunStart",
@@ -82,6 +89,9 @@ __all__ = [
     "artifact_names",
     "best_run",
     "check_reachable",
+    "choose_best",
+    "configuration_of",
+    "configurations",
     "create_run",
     "download",
     "end_run",

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeplab.errors import ConfigError
 from sweeplab.paths import repo_root
-from sweeplab.tracking.records import BEST_ALIAS, MODEL_NAME, Run
+from sweeplab.tracking.records import BEST_ALIAS, CONFIGURATION_TAG, MODEL_NAME, SEED_TAG, Run
 from sweeplab.tracking.search import get_run
 from sweeplab.tracking.store import quiet
 
@@ -97,15 +97,17 @@ def load_model(uri: str, device: str = "cpu"):
 
 
 def register_best(model_name: str, run: Run, metric: str, direction: str = "max") -> tuple[int, bool]:
-    """Register ``run``'s model as a new version of ``model_name``; move the alias ``best`` to it only
-    when its ``metric`` beats the version that holds the alias now. Returns (version, alias moved)."""
+    """Register ``run``'s model as a new version of ``model_name`` (tagged with its ``metric``, its
+    configuration and its seed); move the alias ``best`` to it only when its ``metric`` beats the
+    version that holds the alias now. Returns (version, alias moved)."""
     uri = model_uri(run.run_id)
     if uri is None:
         raise ConfigError(f"run {run.run_id} logged no model to register")
     client = MlflowClient()
     value = run.metrics.get(metric)
     with quiet():
-        version = mlflow.register_model(uri, model_name, tags={metric: str(value)}).version
+        tags = {metric: str(value), **{k: run.tags[k] for k in (CONFIGURATION_TAG, SEED_TAG) if k in run.tags}}
+        version = mlflow.register_model(uri, model_name, tags=tags).version
     try:
         holder = client.get_model_version_by_alias(model_name, BEST_ALIAS)
         held = client.get_run(holder.run_id).data.metrics.get(metric)

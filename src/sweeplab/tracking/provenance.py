@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.paths import repo_root
 from sweeplab.tracking.logger import log_folder, log_params, log_text, set_tags
-from sweeplab.tracking.records import SWEEP_TAG, DataInput, RunStart
+from sweeplab.tracking.records import SEED_TAG, SWEEP_TAG, DataInput, RunStart
 from sweeplab.tracking.store import duplicate_key, quiet
 
 
@@ -77,7 +77,7 @@ def environment() -> dict[str, str]:
 
 def tags_for(seed: int, overrides: list[str], sweep_id: str | None, git: dict) -> dict[str, str]:
     """Where a run comes from: overrides, seed, sweep, git commit, versions and device."""
-    tags = {"sweeplab.overrides": " ".join(overrides) or "(defaults)", "sweeplab.seed": str(seed)}
+    tags = {"sweeplab.overrides": " ".join(overrides) or "(defaults)", SEED_TAG: str(seed)}
     if sweep_id:
         tags[SWEEP_TAG] = sweep_id
     if git:

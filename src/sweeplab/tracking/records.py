@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 SWEEP_TAG = "sweeplab.sweep"
 FAILURE_TAG = "sweeplab.failure"
 KIND_TAG = "sweeplab.kind"  # "sweep" on a sweep's parent run
+CONFIGURATION_TAG = "sweeplab.configuration"  # what a run is a seed of: its swept values but the seed
+SEED_TAG = "sweeplab.seed"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's nested runs: the UI folds a sweep's jobs under it
 MODEL_NAME = "model"  # the name each training run logs its best weights under

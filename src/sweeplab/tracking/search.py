@@ -6,6 +6,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from sweeplab.errors import ConfigError
+from sweeplab.tracking.configurations import choose_best
 from sweeplab.tracking.records import KIND_TAG, SWEEP_TAG, Run, record_of
 from sweeplab.tracking.store import tracking_uri
 
@@ -51,16 +52,14 @@ def latest_sweep(experiment_id: str) -> str | None:
 
 
 def best_run(experiment_id: str, metric: str, direction: str = "max", sweep_id: str | None = None) -> Run | None:
-    """The FINISHED run with the best ``metric`` (``direction`` max or min), optionally of one sweep.
-
-    Runs that never logged the metric are skipped; ties go to the newest run. None when nothing fits.
-    """
+    """The best run of an experiment, or of one sweep, by ``metric`` (``direction`` max or min): the
+    best run of the best configuration by mean (see sweeplab.tracking.configurations). None when no
+    FINISHED run logged the metric."""
     query = "attributes.status = 'FINISHED'"
     if sweep_id:
         query += f" and tags.`{SWEEP_TAG}` = '{sweep_id}'"
-    order = "DESC" if direction == "max" else "ASC"
-    runs = _search(experiment_id, query, [f"metrics.`{metric}` {order}", "attributes.start_time DESC"])
-    return next((r for r in runs if metric in r.metrics), None)
+    best = choose_best(_search(experiment_id, query), metric, direction)
+    return best.best_run if best is not None else None
 
 
 def metric_history(run_id: str, keys) -> list[dict]:
