@@ -98,8 +98,10 @@ def where(tmp: Path, npz: Path, store: bool = True) -> list[str]:
 
 
 def child_pythonpath() -> str:
-    """PYTHONPATH for a process a test starts: the tests' helpers (pause.py, ...) and fast_exit."""
-    return os.pathsep.join([str(ROOT / "tests"), str(FAST_EXIT)])
+    """PYTHONPATH for a process a test starts: the tests' helpers (pause.py, ...), fast_exit, and what
+    the suite itself was given (a checkout's src/ ahead of an installed sweeplab)."""
+    paths = [str(ROOT / "tests"), str(FAST_EXIT), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    return os.pathsep.join(dict.fromkeys(p for p in paths if p))
 
 
 def entry_env(**extra: str) -> dict:
