@@ -13,10 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeplab import build, checkpoint, job, plots, tracking
 from sweeplab.checks import check_run
-from sweeplab.classifier import Classifier
 from sweeplab.data import Dataset
 from sweeplab.engine import Trainer, seed_everything
 from sweeplab.errors import ConfigError
+from sweeplab_model import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def _log_end(trainer: Trainer, data: Dataset, ckpt_dir: Path, run_id: str) -> No
 
 def best_model(trainer: Trainer, best: Path, classes) -> Classifier:
     """The trained network with its best weights and its input normalization, on the CPU: what MLflow
-    keeps as the run's model (uint8 images in, class indices out)."""
+    keeps as the run's model (uint8 images in, class probabilities out)."""
     net = copy.deepcopy(trainer.model).to("cpu", memory_format=torch.contiguous_format)
     build.load_weights(net, checkpoint.load(best, map_location="cpu"))
     loader = trainer.test_loader
