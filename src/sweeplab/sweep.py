@@ -1,8 +1,9 @@
 """What happens around a multirun (the Hydra callback set in conf/hydra/default.yaml).
 
-Before the first job: every job's config and the store are checked, and the sweep gets an id and
-an MLflow parent run, named after what it varies; every job's run is nested under it (its id
-reaches the jobs through the sweep folder, see sweeplab.job). After the last job: the comparison is
+Before the first job: every job's config is checked, the launcher's and the sweeper's own settings
+and every job's training step are rehearsed (sweeplab.rehearsal), the store is checked, and the sweep
+gets an id and an MLflow parent run, named after what it varies; every job's run is nested under it
+(its id reaches the jobs through the sweep folder, see sweeplab.job). After the last job: the comparison is
 logged to the parent, which records the best value and the child that holds it and how many jobs
 finished and failed; the best child's model is registered; the parent ends FINISHED, or FAILED
 naming the failed jobs, which also become the command's exit code.
@@ -24,8 +25,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sweeplab import errors, job, report, tracking
-from sweeplab.checks import check_run
+from sweeplab.checks import check_run, check_tracking
 from sweeplab.errors import ConfigError, RunFailed
+from sweeplab.rehearsal import rehearse_jobs, rehearse_sweep
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +36,22 @@ def new_sweep_id() -> str:
     return f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
-def validate_jobs(config: DictConfig, parsed) -> None:
+def validate_jobs(config: DictConfig, parsed) -> list[DictConfig]:
     """Compose and check every job of a grid sweep before the first one starts: a bad value in
     the fifth job should not surface after four jobs of training. Searches whose jobs a sweeper
-    draws as it goes (Optuna's ranges) are checked job by job instead."""
+    draws as it goes (Optuna's ranges) are checked job by job instead (no configs returned)."""
     if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):
-        return
+        return []
     loader = GlobalHydra.instance().config_loader()
+    jobs = []
     for batch in BasicSweeper.split_arguments(parsed, None):
         for overrides in batch:
             try:
-                check_run(loader.load_sweep_config(config, list(overrides)))
+                jobs.append(loader.load_sweep_config(config, list(overrides)))
+                check_run(jobs[-1])
             except ConfigError as err:
                 raise ConfigError(f"job {' '.join(overrides)}: {err}") from None
+    return jobs
 
 
 def sweep_name(parsed, config: DictConfig) -> str:
@@ -69,10 +74,16 @@ def registered_name(config: DictConfig, best: tracking.Run) -> str:
 
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            check_tracking(config.tracking)  # what protect() reads
+        except ConfigError as err:
+            errors.fail(err)
         tracking.protect(config)  # from here on, Hydra's own log lines of each job's overrides are masked too
         parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-        try:  # before any job starts: every job's config, and the store they will all log to
-            validate_jobs(config, parsed)
+        try:  # before any job starts: every job, the launcher and sweeper, and the store they will all log to
+            jobs = validate_jobs(config, parsed)
+            rehearse_sweep(config)
+            rehearse_jobs(jobs, {o.get_key_element() for o in parsed if o.is_sweep_override()})
             experiment_id = tracking.setup(config.tracking)
         except ConfigError as err:
             errors.fail(err)
