@@ -24,6 +24,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra._internal.callbacks import Callbacks
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
 from hydra.types import HydraContext
 from hypothesis import HealthCheck, given, settings
@@ -103,13 +104,14 @@ class RunCreated(BaseException):
 
 
 def until_the_run(cfg: DictConfig) -> None:
-    """The real training task (train.py's), up to the moment its MLflow run would be created."""
+    """The real training task (train.py's), up to the moment its MLflow run would be created; called
+    as outside a Hydra app, whatever Hydra job an earlier test of this process left behind."""
 
     def open_run(*args, **kwargs):
         raise RunCreated
 
     try:
-        with mock.patch.object(tracking, "open_run", open_run):
+        with mock.patch.object(HydraConfig.instance(), "cfg", None), mock.patch.object(tracking, "open_run", open_run):
             training.train(cfg)
     except RunCreated:
         pass

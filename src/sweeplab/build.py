@@ -223,7 +223,8 @@ def rehearse_step(trainer: Trainer, n: int = 2) -> None:
     sees them (augmented, normalized, in its precision and memory format, on its device), so a model,
     data or augmentation setting that cannot train stops here with one line, before any run exists,
     not with a traceback in the first step. Nothing it touches changes: no optimizer step, gradients
-    dropped, BatchNorm statistics and the random state put back. Milliseconds."""
+    dropped, BatchNorm statistics and the random state put back. One step on two images: a small
+    fraction of an epoch."""
     import torch.nn.functional as F
 
     model, device = trainer.model, trainer.device
