@@ -230,7 +230,7 @@ def explain(cfg: DictConfig) -> Explanation:
     if trained_size and int(trained_size) != len(data.test):
         log.warning(f"the run was evaluated on {trained_size} test images; this data has {len(data.test)}")
     # The model's own normalization, so its predictions here are the ones it serves.
-    mean, std = (classifier.mean / 255).flatten().tolist(), (classifier.std / 255).flatten().tolist()
+    mean, std = classifier.mean.flatten().tolist(), classifier.std.flatten().tolist()
     loader = DeviceLoader(data.test, cfg.batch_size, device, mean, std)
     result = evaluate(model, loader, device)
     preds, labels = result["preds"].cpu(), loader.labels.cpu()
