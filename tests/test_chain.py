@@ -78,9 +78,11 @@ def test_the_registered_model_predicts_the_folders_classes(chain):
     images, labels = test.test.images.numpy(), test.test.labels.numpy()
     assert images.shape == (24, 3, 16, 16) and images.dtype == np.uint8
     tracking.use_store(client.tracking_uri)
-    predicted = mlflow.pyfunc.load_model("models:/image_folder-resnet18@best").predict(images)
+    answer = mlflow.pyfunc.load_model("models:/image_folder-resnet18@best").predict(images)
     recorded = client.get_run(version.run_id).data.metrics["best_test_acc"]
-    assert set(predicted.tolist()) <= {0, 1, 2} and float((predicted == labels).mean()) == pytest.approx(recorded)
+    assert all(list(p) == list(CLASSES) for p in answer["probabilities"])  # the folders' names, in their order
+    named = np.array(CLASSES)[labels]
+    assert set(answer["class"]) <= set(CLASSES) and float((answer["class"] == named).mean()) == pytest.approx(recorded)
 
 
 def test_explain_names_the_folders_classes(chain, tmp_path):

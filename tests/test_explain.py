@@ -13,9 +13,9 @@ from hydra import compose, initialize_config_dir
 from matplotlib.image import imread
 
 from sweeplab import errors, plots, tracking
-from sweeplab.classifier import Classifier
 from sweeplab.explain import FILES, ExplainError, cam_method, explain, resolve_layer
 from sweeplab.models import resnet18
+from sweeplab_model import Classifier
 
 from apps import run_app
 from support import ROOT

@@ -173,20 +173,62 @@ def test_a_bad_value_in_a_sweep_stops_it_before_any_job(workdir):
     assert not client.search_runs([e.experiment_id for e in client.search_experiments()])  # not even a parent
 
 
+def no_runs_at_all(store) -> bool:
+    client = mlflow_client(store)
+    return not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        # data that cannot be read, in the second job: found before the first job trains
+        (["data.npz={npz},/nonexistent/cifar10.npz"], "job data.npz=/nonexistent/cifar10.npz: "),
+        # a model that builds but cannot train on 32x32 images: its rehearsed training step says so, in torch's words
+        (
+            ["data.npz={npz}", "optimizer.lr=0.1,0.2", "model=torchvision", "model.name=inception_v3"],
+            "job optimizer.lr=0.1: the model cannot train on this run's 3x32x32 images: Calculated padded input size",
+        ),
+        # what the launcher itself refuses (joblib's Parallel), and the sweeper (Optuna's study)
+        (
+            ["data.npz={npz}", "optimizer.lr=0.1,0.2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"],
+            "error: hydra.launcher (JoblibLauncher): n_jobs == 0 in Parallel has no meaning",
+        ),
+        (
+            ["data.npz={npz}", "hparams_search=optuna_lr", "hydra.sweeper.direction=up"],
+            "error: hydra.sweeper (OptunaSweeper): Please set either 'minimize' or 'maximize' to direction.",
+        ),
+    ],
+)
+def test_what_cannot_run_stops_a_sweep_before_any_job_and_its_parent_run(workdir, tiny_npz, overrides, message):
+    """Data, a model that cannot train, the launcher's and the sweeper's own settings: one line, exit 2,
+    before the first job and before the sweep's parent run exists."""
+    model = [o for o in TINY if not o.startswith("model")] if "model=torchvision" in overrides else TINY
+    job = [o.format(npz=tiny_npz) for o in overrides]
+    result = run_app("train.py", "-m", *model, "trainer.epochs=1", *workdir["overrides"][:3], *job)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert lines[-1].startswith("error: ") and message in lines[-1], lines[-1]
+    assert "Traceback" not in result.stderr and "Epoch 1" not in result.stdout + result.stderr
+    assert no_runs_at_all(workdir["store"])  # not even the parent
+
+
 @pytest.mark.slow
 def test_a_job_failing_before_its_run_exists_still_fails_the_sweep(workdir, tiny_npz):
+    """A job can still fail before its own run exists where nothing up front can tell (here: it
+    reproduces a run that is not in the store); the sweep goes on and fails at its end."""
     result = run_app(
         "train.py",
         "-m",
-        f"data.npz=/nonexistent/cifar10.npz,{tiny_npz}",
+        "reproduce=0123456789abcdef0123456789abcdef,null",
         "trainer.epochs=1",
         "data.train_limit=100",
         "data.test_limit=100",
         *TINY[:5],
-        *workdir["overrides"][:3],
+        *workdir["overrides"],
     )
     assert result.returncode == 1
-    assert "failed before its run started" in result.stderr and "does not exist" in result.stdout + result.stderr
+    assert "failed before its run started" in result.stderr
+    assert "no run 0123456789abcdef0123456789abcdef" in result.stdout + result.stderr
     client = mlflow_client(workdir["store"])
     runs = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("sweeplab.kind") == "sweep"]

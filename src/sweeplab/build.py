@@ -227,7 +227,7 @@ def build_trainer(cfg: DictConfig, device: torch.device, data: Dataset) -> Train
     optimizer = build_optimizer(cfg, model)
     train_loader, test_loader, val_loader = build_loaders(cfg, data, device, trainer.seed)
     scheduler, interval, monitor = build_scheduler(cfg.scheduler, optimizer, trainer.epochs, len(train_loader))
-    return Trainer(
+    built = Trainer(
         model,
         optimizer,
         train_loader,
@@ -247,3 +247,34 @@ def build_trainer(cfg: DictConfig, device: torch.device, data: Dataset) -> Train
         progress=trainer.progress,
         callbacks=build_callbacks(cfg),
     )
+    rehearse_step(built)
+    return built
+
+
+def rehearse_step(trainer: Trainer, n: int = 2) -> None:
+    """One forward and backward pass of the model on ``n`` of its training images as a training step
+    sees them (augmented, normalized, in its precision and memory format, on its device), so a model,
+    data or augmentation setting that cannot train stops here with one line, before any run exists,
+    not with a traceback in the first step. Nothing it touches changes: no optimizer step, gradients
+    dropped, BatchNorm statistics and the random state put back. One step on two images: a small
+    fraction of an epoch."""
+    import torch.nn.functional as F
+
+    model, device = trainer.model, trainer.device
+    buffers = [b.clone() for b in model.buffers()]  # a training forward pass moves BatchNorm's statistics
+    model.train()
+    x = None
+    try:
+        x, y = trainer.train_loader.sample(min(n, trainer.train_loader.batch_size))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), trainer.autocast:
+            loss = F.cross_entropy(model(x), y, label_smoothing=trainer.label_smoothing)
+            loss.backward()
+    except Exception as err:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        images = f" {'x'.join(map(str, x.shape[1:]))}" if x is not None else ""
+        raise ConfigError(f"the model cannot train on this run's{images} images: {text}") from None
+    finally:
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buffer, saved in zip(model.buffers(), buffers):
+                buffer.copy_(saved)

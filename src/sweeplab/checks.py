@@ -42,6 +42,21 @@ def integer(value, key: str, minimum: int = 1, optional: bool = False) -> None:
         raise ConfigError(f"{key}={value!r} must be an integer >= {minimum}" + (" (or null)" if optional else ""))
 
 
+def boolean(value, key: str, optional: bool = False) -> None:
+    """true or false (``optional``: or null)."""
+    if not (isinstance(value, bool) or (value is None and optional)):
+        raise ConfigError(f"{key}={value!r} must be true or false" + (" (or null)" if optional else ""))
+
+
+def text(value, key: str, optional: bool = False) -> None:
+    """A non-empty string (``optional``: any string, or null; empty means unset, as an unset
+    environment variable that the config reads gives)."""
+    if optional and (value is None or isinstance(value, str)):
+        return
+    if not (isinstance(value, str) and value.strip()):
+        raise ConfigError(f"{key}={value!r} must be a non-empty string" + (" (or null)" if optional else ""))
+
+
 def one_of(value, key: str, allowed) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} must be one of {', '.join(map(str, allowed))}")
@@ -88,7 +103,9 @@ def check_run(cfg: DictConfig) -> None:
     aug = cfg.augmentation
     integer(aug.crop_padding, "augmentation.crop_padding", minimum=0)
     one_of(aug.pad_mode, "augmentation.pad_mode", ("zeros", "reflect"))
+    boolean(aug.flip, "augmentation.flip")
     check_data(data)
+    check_set_up(cfg)
     device = resolve_device(trainer.device)
     graph = trainer.get("cuda_graph", "auto")  # .get: a run saved before the key existed
     one_of(graph, "trainer.cuda_graph", ("auto", True, False))
@@ -97,6 +114,41 @@ def check_run(cfg: DictConfig) -> None:
     if graph is True and device.type != "cuda":
         raise ConfigError(f"trainer.cuda_graph=true needs a CUDA device, not {device} (use auto or false)")
     integer(trainer.get("jobs_per_card", 1), "trainer.jobs_per_card")
+
+
+def check_set_up(cfg: DictConfig) -> None:
+    """What a run's set-up reads before its pieces are built or its run exists: the trainer's switches
+    and seed, where things are (paths) and the store (tracking)."""
+    trainer = cfg.trainer
+    integer(trainer.seed, "trainer.seed", minimum=0)
+    for key in ("deterministic", "compile", "drop_last", "tta_flip"):
+        boolean(trainer[key], f"trainer.{key}")
+    boolean(trainer.progress, "trainer.progress", optional=True)
+    one_of(trainer.channels_last, "trainer.channels_last", ("auto", True, False))
+    if not isinstance(trainer.get("callbacks") or {}, (dict, DictConfig)):
+        raise ConfigError(f"trainer.callbacks={trainer.callbacks!r} must be a mapping of name: {{_target_: ...}}")
+    for key in ("root", "data_dir", "log_dir", "checkpoint_dir"):
+        text(cfg.paths.get(key), f"paths.{key}")
+    check_tracking(cfg.tracking)
+
+
+def check_tracking(tracking: DictConfig) -> None:
+    """The ``tracking`` group: the store, the experiment, what is recorded and registered."""
+    text(tracking.uri, "tracking.uri", optional=True)
+    text(tracking.store_dir, "tracking.store_dir")
+    text(tracking.experiment, "tracking.experiment")
+    text(tracking.get("run_name"), "tracking.run_name", optional=True)
+    boolean(tracking.get("system_metrics", False), "tracking.system_metrics")
+    interval = tracking.get("system_metrics_interval", 10)
+    if not (is_number(interval) and interval > 0):
+        raise ConfigError(f"tracking.system_metrics_interval={interval!r} must be a positive number of seconds")
+    text(tracking.best_metric, "tracking.best_metric")
+    one_of(tracking.best_direction, "tracking.best_direction", ("max", "min"))
+    boolean(tracking.get("register", True), "tracking.register")
+    text(tracking.get("registered_model"), "tracking.registered_model", optional=True)
+    keys = tracking.get("secret_keys") or []
+    if not (isinstance(keys, (list, ListConfig)) and all(isinstance(k, str) and k.strip() for k in keys)):
+        raise ConfigError(f"tracking.secret_keys={keys!r} must be a list of config keys, e.g. [data.token]")
 
 
 def check_data(data: DictConfig) -> None:
@@ -109,9 +161,13 @@ def check_data(data: DictConfig) -> None:
     name = data.get("name", "cifar10")
     one_of(name, "data.name", DATA_SETS)
     if name != "image_folder":
+        text(data.get("root"), "data.root")
+        text(data.get("npz"), "data.npz", optional=True)
+        boolean(data.get("download", False), "data.download")
         return
     if data.path is None or not str(data.path).strip():
         raise ConfigError("data.path is not set: data=image_folder needs data.path=<a folder of class folders>")
+    text(data.path, "data.path")
     integer(data.image_size, "data.image_size")
     integer(data.get("workers"), "data.workers", optional=True)
     integer(data.split_seed, "data.split_seed", minimum=0)
@@ -120,6 +176,7 @@ def check_data(data: DictConfig) -> None:
         raise ConfigError(f"data.test_fraction={fraction!r} must lie in (0, 1)")
     one_of(data.resize, "data.resize", RESIZE_MODES)
     one_of(data.bad_images, "data.bad_images", BAD_IMAGES)
+    text(data.cache_dir, "data.cache_dir")
 
 
 # -- find_lr.py ---------------------------------------------------------------------------------
@@ -187,6 +244,7 @@ def check_explain(cfg: DictConfig) -> None:
         )
     one_of(cfg.direction, "direction", ("max", "min"))
     one_of(cam_target(cfg), "target", CAM_TARGETS)
+    check_tracking(cfg.tracking)
     for key in ("model_uri", "run_id", "sweep", "metric"):
         if cfg[key] is not None and not re.fullmatch(r"[\w.\-:/@ ]+", str(cfg[key])):
             raise ConfigError(f"{key}={cfg[key]!r} contains characters an MLflow id or metric name cannot")

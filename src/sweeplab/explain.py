@@ -17,11 +17,11 @@ from torch import nn
 
 from sweeplab import job, plots, tracking
 from sweeplab.checks import cam_target, check_explain
-from sweeplab.classifier import Classifier
 from sweeplab.data import DeviceLoader, from_config
 from sweeplab.device import resolve_device
 from sweeplab.engine import evaluate
 from sweeplab.errors import ConfigError
+from sweeplab_model import Classifier
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,13 @@
 """What happens around a multirun (the Hydra callback set in conf/train.yaml: train.py's multiruns).
 
-Before the first job: every job's config and the store are checked, and the sweep gets an id and
-an MLflow parent run, named after what it varies; every job's run is nested under it (its id
-reaches the jobs through the sweep folder, see sweeplab.job). After the last job: the comparison is
-logged to the parent, which records the best configuration (by its mean over seeds, with seeds) and
-its best run, the verdict on seed noise, and how many jobs finished and failed; that run's model is
-registered; the parent ends FINISHED, or FAILED naming the failed jobs, which also become the
-command's exit code.
+Before the first job: every job's config is checked, the launcher's and the sweeper's own settings
+and every job's training step are rehearsed (sweeplab.rehearsal), where the jobs run at once is
+checked (sweeplab.placement), the store is checked, and the sweep gets an id and an MLflow parent run,
+named after what it varies; every job's run is nested under it (its id reaches the jobs through the
+sweep folder, see sweeplab.job). After the last job: the comparison is logged to the parent, which
+records the best configuration (by its mean over seeds, with seeds) and its best run, the verdict on
+seed noise, and how many jobs finished and failed; that run's model is registered; the parent ends
+FINISHED, or FAILED naming the failed jobs, which also become the command's exit code.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sweeplab import device, errors, job, placement, report, tracking
-from sweeplab.checks import check_run
+from sweeplab.checks import check_run, check_tracking
 from sweeplab.errors import ConfigError, RunFailed
+from sweeplab.rehearsal import rehearse_jobs, rehearse_sweep
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +124,19 @@ def registered_name(config: DictConfig, best: tracking.Run) -> str:
 
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            check_tracking(config.tracking)  # what protect() reads
+        except ConfigError as err:
+            errors.fail(err)
         tracking.protect(config)  # from here on, Hydra's own log lines of each job's overrides are masked too
         loader = GlobalHydra.instance().config_loader()  # for glob(...) sweeps, which list a group's options
-        try:  # before any job starts: every job's config, where they run at once, the store they all log to
+        try:  # before any job starts: every job, where they run at once, the launcher and sweeper, the store
             check_seeds(config)
             parsed = OverridesParser.create(config_loader=loader).parse_overrides(grid_overrides(config))
-            placement.check_sweep(config, validate_jobs(config, parsed))
+            jobs = validate_jobs(config, parsed)
+            rehearse_sweep(config)  # the launcher's own settings first: placement reads them
+            placement.check_sweep(config, jobs)
+            rehearse_jobs(jobs, {o.get_key_element() for o in parsed if o.is_sweep_override()})
             experiment_id = tracking.setup(config.tracking)
         except ConfigError as err:
             errors.fail(err)

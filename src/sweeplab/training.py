@@ -14,11 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeplab import build, checkpoint, job, plots, tracking
 from sweeplab.checks import check_run
-from sweeplab.classifier import Classifier
 from sweeplab.data import Dataset
 from sweeplab.device import device_label
 from sweeplab.engine import Trainer
 from sweeplab.errors import ConfigError
+from sweeplab_model import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def _log_end(trainer: Trainer, data: Dataset, ckpt_dir: Path, run_id: str) -> No
 
 def best_model(trainer: Trainer, best: Path, data: Dataset) -> Classifier:
     """The trained network with its best weights and the data's normalization, on the CPU: what MLflow
-    keeps as the run's model (uint8 images in, class indices out)."""
+    keeps as the run's model (uint8 images in, class probabilities out)."""
     net = copy.deepcopy(trainer.model).to("cpu", memory_format=torch.contiguous_format)
     build.load_weights(net, checkpoint.load(best, map_location="cpu"))
     return Classifier(net, data.mean, data.std, data.classes).eval()

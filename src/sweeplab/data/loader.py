@@ -102,6 +102,15 @@ class DeviceLoader:
         x = x.float().sub_(self.mean).div_(self.std)  # in place: one float tensor per batch
         return x.contiguous(memory_format=self.memory_format)
 
+    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` images and labels as this loader serves a batch (augmented, normalized, in its
+        memory format), drawn from a generator of their own: the loader's epochs are not touched."""
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(self.seed)
+        idx = torch.arange(min(n, len(self.labels)), device=self.device)
+        x = self.augment(self.images, idx, self.size, gen) if self.augment else self.images[idx]
+        return self.normalize(x), self.labels[idx]
+
     def __iter__(self):
         n = len(self.labels)
         gen = torch.Generator(device=self.device)

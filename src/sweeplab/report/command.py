@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sweeplab import errors, tracking
+from sweeplab.checks import check_tracking
 from sweeplab.errors import ConfigError
 from sweeplab.paths import repo_root
 from sweeplab.report import REPORT_DIR_TAG, Report, announce, build_report
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 def write_report(cfg: DictConfig) -> Report:
     """Write (and log) the report of ``cfg.sweep`` (``latest``: the newest sweep)."""
+    check_tracking(cfg.tracking)
     tracking.protect(cfg)
     experiment_id = tracking.find_experiment(cfg.tracking)
     if experiment_id is None:

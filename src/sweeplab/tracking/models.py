@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.models import get_model_info
@@ -13,10 +15,13 @@ from sweeplab.tracking.records import BEST_ALIAS, CONFIGURATION_TAG, MODEL_NAME,
 from sweeplab.tracking.search import get_run
 from sweeplab.tracking.store import quiet
 
-PINNED = ("torch", "torchvision", "numpy", "cloudpickle", "mlflow")  # what loading a logged model needs
+# What loading and serving any logged model needs; the model's own classes may add torchvision (or
+# another installed package). Nothing of the training stack: no Hydra, OmegaConf, grad-cam, lr-finder.
+NEEDED = ("mlflow", "torch", "numpy", "pandas", "cloudpickle")
+TRAVELS = "sweeplab_model"  # the package every logged model carries (see its docstring)
 
 
-def pinned_requirements(names=PINNED) -> list[str]:
+def pinned_requirements(names=NEEDED) -> list[str]:
     """``name==version`` for each package a logged model needs, from the project's requirements.lock
     (the versions it is tested with), else from what is installed."""
     from importlib.metadata import PackageNotFoundError, version
@@ -31,32 +36,90 @@ def pinned_requirements(names=PINNED) -> list[str]:
     out = []
     for name in names:
         try:
-            out.append(f"{name}=={pins.get(name) or version(name)}")
+            out.append(f"{name}=={pins.get(name.lower()) or version(name)}")
         except PackageNotFoundError:
             continue
     return out
 
 
-def log_model(model, input_example, name: str = MODEL_NAME) -> str:
-    """``model`` (a torch module) as an MLflow model of the active run, in the pytorch flavour with
-    a signature and ``input_example`` (numpy); returns its URI (``models:/m-...``). Loading it
-    needs this package installed (the model's classes are pickled by reference)."""
-    import mlflow.pytorch
-    import torch
-    from mlflow.models import infer_signature
+def model_needs(model) -> tuple[list[str], list[str]]:
+    """What loading ``model`` needs besides NEEDED: (code to bundle with it, packages to install).
 
-    with torch.inference_mode():
-        output = model(torch.as_tensor(input_example)).cpu().numpy()
+    Its pickle names the module of each of its classes. sweeplab_model travels with every model; a
+    class from an installed package (torchvision, timm, ...) makes that package a requirement; a class
+    from a module that is not installed (a user's own file) has that module bundled too. A class of
+    sweeplab itself cannot travel (sweeplab imports Hydra, MLflow's tracking, ...): a bug, said loudly."""
+    import sys
+    from importlib.metadata import packages_distributions
+
+    import sweeplab_model
+
+    code, packages = [Path(sweeplab_model.__file__).parent], []
+    installed = packages_distributions()
+    for top in sorted({type(m).__module__.split(".")[0] for m in model.modules()} - {TRAVELS, "torch"}):
+        if top in ("sweeplab", "__main__"):
+            raise ValueError(f"the model holds a class of {top!r}, which cannot travel with it; define it in {TRAVELS}")
+        if top in installed:
+            packages += [d for d in installed[top] if d not in packages]
+        else:
+            module = Path(sys.modules[top].__file__)
+            code.append(module.parent if module.name == "__init__.py" else module)
+    return [str(c) for c in code], packages
+
+
+def log_model(model, input_example, name: str = MODEL_NAME) -> str:
+    """``model`` (a sweeplab_model Classifier) as an MLflow model of the active run; returns its URI
+    (``models:/m-...``). ``mlflow.pytorch.load_model`` gives the Classifier back and
+    ``mlflow.pyfunc.load_model`` (and ``mlflow models serve``) answers class names and probabilities,
+    both without sweeplab: the code the model needs is bundled with it (``code_paths``), its
+    requirements are only what loading it needs, and its signature and ``input_example`` (numpy uint8
+    images) show what goes in and what comes out."""
+    from mlflow.models import Model, infer_signature
+
+    from sweeplab_model.pyfunc import Predictor
+
+    code, packages = model_needs(model)
+    output = Predictor(model).predict(input_example)  # the pyfunc's own answer, for the signature
     with quiet():  # pickle-format models warn that unpickling runs code
-        info = mlflow.pytorch.log_model(
-            model,
+        info = Model.log(
+            artifact_path=None,  # deprecated for name=, and still a required argument
             name=name,
+            flavor=_ClassifierFlavor,
+            pytorch_model=model,
+            code_paths=code,
             signature=infer_signature(input_example, output),
             input_example=input_example,
-            pip_requirements=pinned_requirements(),
+            pip_requirements=pinned_requirements([*NEEDED, *packages]),
             serialization_format="pickle",  # the default (pt2) would load back as a GraphModule, not our class
         )
     return info.model_uri
+
+
+class _ClassifierFlavor:
+    """The flavour module ``Model.log`` saves a Classifier with: MLflow's pytorch flavour as it is
+    (so ``mlflow.pytorch.load_model`` works), with the pyfunc's loader set to sweeplab_model.pyfunc,
+    which names the classes and gives their probabilities (the pytorch flavour's own pyfunc answers a
+    bare array)."""
+
+    __name__ = "mlflow.pytorch"  # the logged model's flavour, as the UI shows it
+
+    @staticmethod
+    def save_model(path, mlflow_model, **kwargs) -> None:
+        import mlflow.pyfunc
+        import mlflow.pytorch
+
+        mlflow.pytorch.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+        spec = mlflow_model.flavors["python_function"]
+        mlflow.pyfunc.add_to_model(
+            mlflow_model,
+            loader_module=f"{TRAVELS}.pyfunc",
+            data=spec["data"],
+            code=spec["code"],
+            conda_env=spec["env"]["conda"],
+            python_env=spec["env"]["virtualenv"],
+            model_config={"device": None},
+        )
+        mlflow_model.save(str(Path(path) / "MLmodel"))
 
 
 def model_uri(run_id: str, name: str = MODEL_NAME) -> str | None:
@@ -85,7 +148,7 @@ def model_run(uri: str) -> Run:
 
 
 def load_model(uri: str, device: str = "cpu"):
-    """The torch module logged at ``uri`` (ConfigError naming the URI when it cannot be loaded)."""
+    """The torch module logged at ``uri`` (a Classifier; ConfigError naming the URI when it cannot be loaded)."""
     import mlflow.pytorch
 
     try:
