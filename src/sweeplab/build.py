@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeplab.data import Augment, Dataset, DeviceLoader, Split, from_config
 from sweeplab.device import resolve_device
-from sweeplab.engine import Trainer
+from sweeplab.engine import EarlyStopping, Trainer
 from sweeplab.errors import ConfigError
 
 
@@ -182,9 +182,14 @@ def build_loaders(cfg: DictConfig, data: Dataset, device: torch.device, seed: in
 
 
 def build_callbacks(cfg: DictConfig) -> list:
-    """Engine callbacks named in ``trainer.callbacks`` (``name: {_target_: ..., ...}``)."""
+    """Engine callbacks: early stopping when ``trainer.early_stopping.patience`` is set, and those named in
+    ``trainer.callbacks`` (``name: {_target_: ..., ...}``)."""
+    stopping = cfg.trainer.get("early_stopping") or {}
+    callbacks = []
+    if stopping.get("patience") is not None:
+        callbacks.append(EarlyStopping(stopping.patience, stopping.monitor, stopping.min_delta))
     with building("trainer.callbacks"):
-        return [instantiate(node) for node in (cfg.trainer.get("callbacks") or {}).values()]
+        return callbacks + [instantiate(node) for node in (cfg.trainer.get("callbacks") or {}).values()]
 
 
 def build_trainer(cfg: DictConfig, device: torch.device, data: Dataset) -> Trainer:

@@ -10,6 +10,7 @@ on other machines), where environment variables set after the workers started wo
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -29,7 +30,7 @@ ENVIRONMENT_KEYS = (
     "task_name",
 )
 
-SWEEP_FILE = ".sweeplab/sweep.json"  # in the sweep folder: {"id", "parent_run_id", "swept"}
+SWEEP_FILE = ".sweeplab/sweep.json"  # in the sweep folder: {"id", "parent_run_id", "swept", "study"}
 RUN_FILE = ".sweeplab/run_id"  # in a job's folder: the MLflow run it logs to
 
 
@@ -41,6 +42,20 @@ def key_of(override: str) -> str:
 def experiment_overrides(overrides: list[str], drop: tuple[str, ...] = ()) -> list[str]:
     """The overrides that define the experiment: without the environment keys (and ``drop`` prefixes)."""
     return [o for o in overrides if not key_of(o).startswith(ENVIRONMENT_KEYS + drop) and o != "(defaults)"]
+
+
+def grid(parsed) -> list[list[str]]:
+    """The jobs of a grid sweep, from Hydra's parsed overrides: the product of the discrete sweeps
+    (``a=1,2 b=x,y``: four jobs), in the order Hydra's basic sweeper runs them, each job as its
+    ``key=value`` overrides (a key given twice: the last one)."""
+    choices: dict[str, list[str]] = {}
+    for override in parsed:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
 def overrides() -> list[str]:
@@ -55,6 +70,13 @@ def output_dir() -> Path | None:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+
+
+def number() -> int | None:
+    """The current multirun job's number (``hydra.job.num``; None outside a multirun)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return int(HydraConfig.get().job.num) if _multirun_dir() is not None else None
 
 
 def _multirun_dir() -> Path | None:
@@ -84,6 +106,11 @@ def sweep(sweep_dir: str | Path | None = None) -> dict:
 
 def sweep_id() -> str | None:
     return sweep().get("id")
+
+
+def study_name() -> str | None:
+    """The Optuna study whose trials the sweep's jobs are (None for a sweep without one)."""
+    return sweep().get("study")
 
 
 def parent_run_id() -> str | None:

@@ -19,8 +19,9 @@ CURVES = (
 )
 
 
-def curves_figure(histories: dict[str, list[dict]], title: str | None = None) -> Figure:
-    """The baseline's 2x2 figure: test acc/loss, train acc/loss per epoch, one line per run."""
+def curves_figure(histories: dict[str, list[dict]], title: str | None = None, stopped=()) -> Figure:
+    """The baseline's 2x2 figure: test acc/loss, train acc/loss per epoch, one line per run. The runs
+    labelled in ``stopped`` (a sweep's pruned jobs) are dashed and end in a cross."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     for ax, (key, name) in zip(axes.flat, CURVES):
         for label, history in histories.items():
@@ -29,7 +30,10 @@ def curves_figure(histories: dict[str, list[dict]], title: str | None = None) ->
                 xs, ys = zip(*points)
                 if key.endswith("_acc"):
                     ys = [100 * y for y in ys]
-                ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=label)
+                (line,) = ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=label)
+                if label in stopped:
+                    line.set_linestyle("--")
+                    ax.plot(xs[-1:], ys[-1:], marker="x", markersize=9, color=line.get_color())
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.set_ylabel("%" if key.endswith("_acc") else "loss")

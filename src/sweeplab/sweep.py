@@ -1,33 +1,43 @@
-"""What happens around a multirun (the Hydra callback set in conf/hydra/default.yaml).
+"""What happens around a multirun (the Hydra callback set in conf/train.yaml).
 
-Before the first job: every job's config and the store are checked, and the sweep gets an id and
-an MLflow parent run, named after what it varies; every job's run is nested under it (its id
-reaches the jobs through the sweep folder, see sweeplab.job). After the last job: the comparison is
-logged to the parent, which records the best value and the child that holds it and how many jobs
-finished and failed; the best child's model is registered; the parent ends FINISHED, or FAILED
-naming the failed jobs, which also become the command's exit code.
+Before the first job: every job's config and the store are checked (and the sweep's study: its
+sampler, pruner, database and direction, see sweeplab.study), and the sweep gets an id and an
+MLflow parent run, named after what it varies; every job's run is nested under it (its id reaches
+the jobs through the sweep folder, see sweeplab.job). A command that continues a sweep (a search's
+study, a grid that stopped part-way) gets that sweep's id and parent run back, RUNNING again.
+After the last job: the comparison is logged to the parent, which records the best value and the
+child that holds it and how many jobs finished, were pruned and failed; the best child's model is
+registered; the parent ends FINISHED, or FAILED naming the failed jobs, which also become the
+command's exit code (a pruned job is not a failure).
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
+import socket
 import sys
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from sweeplab import errors, job, report, tracking
+from sweeplab import errors, job, report, study, tracking
 from sweeplab.checks import check_run
 from sweeplab.errors import ConfigError, RunFailed
 
 log = logging.getLogger(__name__)
+
+FINGERPRINT_TAG = "sweeplab.sweep.fingerprint"  # on the parent: what the sweep is (its experiment overrides)
+STUDY_TAG = "sweeplab.study"  # on the parent: the sweep's Optuna study
+STORAGE_TAG = "sweeplab.study.storage"  # on the parent: where the study lives (without a password)
+SWEEPER_TAG = "sweeplab.sweep.sweeper"  # on the parent: host:pid of the sweeper that runs (ran) it
 
 
 def new_sweep_id() -> str:
@@ -41,12 +51,11 @@ def validate_jobs(config: DictConfig, parsed) -> None:
     if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):
         return
     loader = GlobalHydra.instance().config_loader()
-    for batch in BasicSweeper.split_arguments(parsed, None):
-        for overrides in batch:
-            try:
-                check_run(loader.load_sweep_config(config, list(overrides)))
-            except ConfigError as err:
-                raise ConfigError(f"job {' '.join(overrides)}: {err}") from None
+    for overrides in job.grid(parsed):
+        try:
+            check_run(loader.load_sweep_config(config, list(overrides)))
+        except ConfigError as err:
+            raise ConfigError(f"job {' '.join(overrides)}: {err}") from None
 
 
 def sweep_name(parsed, config: DictConfig) -> str:
@@ -67,22 +76,74 @@ def registered_name(config: DictConfig, best: tracking.Run) -> str:
     return f"{params.get('data.name', 'data')}-{model}"
 
 
+@dataclass
+class Continued:
+    """An earlier sweep that this command continues: its id and parent run (None: a study that
+    another store's sweep began, continued under a new parent here)."""
+
+    sweep_id: str | None = None
+    parent: str | None = None
+
+
+def sweeper_alive(run: tracking.Run) -> bool:
+    """Whether the sweeper that left ``run`` (a parent) RUNNING may still run: not when it was this
+    process (an earlier sweep of it) or a process of this host that is gone."""
+    host, _, pid = run.tags.get(SWEEPER_TAG, "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's: it may well run
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def continued_sweep(config: DictConfig, experiment_id: str, plan: study.Settings) -> tuple[str, Continued]:
+    """The study this command works on and the sweep it continues, if any. A named study (a search's,
+    or hydra.sweeper.study_name) continues whenever it exists, under its parent run. A grid's own study
+    continues when the newest sweep of the same command stopped part-way (KILLED, or RUNNING with its
+    sweeper gone); otherwise the grid is a new sweep with a new study. ConfigError for a storage that
+    cannot be used and a study made to optimise the other way."""
+    storage = study.open_storage(plan.storage_url, plan.heartbeat_s)
+    where = tracking.safe_uri(plan.storage_url)
+    if plan.study_name is not None:
+        if not study.stored(plan.study_name, storage, plan.direction):
+            return plan.study_name, Continued()
+        parents = tracking.sweep_parents(experiment_id, STUDY_TAG, plan.study_name)
+        parents = [p for p in parents if p.tags.get(STORAGE_TAG) == where]
+        if not parents:
+            return plan.study_name, Continued()
+        return plan.study_name, Continued(parents[0].tags[tracking.SWEEP_TAG], parents[0].run_id)
+    newest = next(iter(tracking.sweep_parents(experiment_id, FINGERPRINT_TAG, plan.fingerprint)), None)
+    stopped = newest is not None and (
+        newest.status == "KILLED" or (newest.status == "RUNNING" and not sweeper_alive(newest))
+    )
+    name = newest.tags.get(STUDY_TAG) if stopped else None
+    if name and newest.tags.get(STORAGE_TAG) == where and study.stored(name, storage, plan.direction):
+        sweep_id = newest.tags[tracking.SWEEP_TAG]
+        log.info(f"continuing sweep {sweep_id}, which stopped part-way (parent run {newest.run_id})")
+        return name, Continued(sweep_id, newest.run_id)
+    return None, Continued()
+
+
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         tracking.protect(config)  # from here on, Hydra's own log lines of each job's overrides are masked too
         parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-        try:  # before any job starts: every job's config, and the store they will all log to
+        plan, name, continued = None, None, Continued()
+        try:  # before any job starts: every job's config, the store they will all log to, the study
             validate_jobs(config, parsed)
             experiment_id = tracking.setup(config.tracking)
+            if study.is_study_sweep(config):
+                plan = study.settings(config, GlobalHydra.instance().config_loader())
+                name, continued = continued_sweep(config, experiment_id, plan)
         except ConfigError as err:
             errors.fail(err)
-        sweep_id = new_sweep_id()
-        tags = tracking.tags_for(config, list(config.hydra.overrides.task), sweep_id, tracking.git_state())
-        parent = tracking.create_run(experiment_id, sweep_name(parsed, config), {**tags, tracking.KIND_TAG: "sweep"})
-        swept = [o.get_key_element() for o in parsed if o.is_sweep_override()]
-        job.write_sweep(config.hydra.sweep.dir, id=sweep_id, parent_run_id=parent, swept=swept)
-        atexit.register(_abandoned, parent)
-        log.info(f"sweep {sweep_id}: MLflow parent run {parent}, jobs tagged {tracking.SWEEP_TAG}={sweep_id}")
+        begin(config, parsed, experiment_id, plan, name, continued)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -105,25 +166,63 @@ class SweepCallback(Callback):
                 report.announce(report.build_report(experiment_id, sweep_id, sweep_dir / "report"))
             except Exception as err:
                 log.error(f"sweep {sweep_id}: could not write the report: {type(err).__name__}: {err}")
-        failed = [f"{r.name} ({r.status})" for r in runs if r.status != "FINISHED"]
+        runs = [r for r in runs if tracking.RETRIED_TAG not in r.tags]  # replaced by their retry's run
+        pruned = [r for r in runs if r.pruned_at]
+        running = [r for r in runs if r.status == "RUNNING"]  # another sweeper's job, on a shared study
+        failed = [f"{r.name} ({r.status})" for r in runs if r.status not in ("FINISHED", "RUNNING") and not r.pruned_at]
         failed += [f"job {name} (failed before its run started)" for name in failed_jobs]
-        finish(config, parent, runs, failed)
+        finish(config, parent, runs, failed, len(pruned))
         log.info(
-            f"sweep {sweep_id}: {len(runs) + len(failed_jobs) - len(failed)} of "
-            f"{len(runs) + len(failed_jobs)} jobs FINISHED"
+            f"sweep {sweep_id}: {sum(r.status == 'FINISHED' for r in runs)} of {len(runs) + len(failed_jobs)} jobs "
+            f"FINISHED, {len(pruned)} pruned" + (f", {len(running)} still running" if running else "")
         )
         if failed:
             errors.fail(RunFailed(f"sweep {sweep_id} did not finish: {', '.join(failed)} (see {sweep_dir})"))
 
 
-def finish(config: DictConfig, parent: str, runs: list[tracking.Run], failed: list[str]) -> None:
+def begin(
+    config: DictConfig, parsed, experiment_id: str, plan: study.Settings | None, name: str | None, continued: Continued
+) -> None:
+    """The sweep's MLflow parent run (new, or a continued sweep's, RUNNING again) and the facts its jobs read."""
+    sweep_id = continued.sweep_id or new_sweep_id()
+    extra = {SWEEPER_TAG: study.sweeper_id()}
+    swept = [o.get_key_element() for o in parsed if o.is_sweep_override()]
+    facts = {}
+    if plan is not None:
+        name = name or f"{config.tracking.experiment}-grid-{sweep_id}"
+        swept = plan.swept
+        facts = {"study": name}
+        extra.update({FINGERPRINT_TAG: plan.fingerprint, STUDY_TAG: name})
+        extra[STORAGE_TAG] = tracking.safe_uri(plan.storage_url)
+    if continued.parent:
+        parent = continued.parent
+        tracking.reopen_run(parent)
+        tracking.set_tags(extra, parent)
+        log.info(f"sweep {sweep_id} continues: MLflow parent run {parent} is RUNNING again")
+    else:
+        tags = tracking.tags_for(config, list(config.hydra.overrides.task), sweep_id, tracking.git_state())
+        tags.update({**extra, tracking.KIND_TAG: "sweep"})
+        parent = tracking.create_run(experiment_id, sweep_name(parsed, config), tags)
+    job.write_sweep(config.hydra.sweep.dir, id=sweep_id, parent_run_id=parent, swept=swept, **facts)
+    atexit.register(_abandoned, parent)
+    log.info(f"sweep {sweep_id}: MLflow parent run {parent}, jobs tagged {tracking.SWEEP_TAG}={sweep_id}")
+
+
+def finish(config: DictConfig, parent: str, runs: list[tracking.Run], failed: list[str], pruned: int = 0) -> None:
     """The sweep's outcome on its parent run; the best job's model registered; the parent ended."""
     metric, direction = str(config.tracking.best_metric), str(config.tracking.best_direction)
     scored = [r for r in reversed(runs) if r.status == "FINISHED" and metric in r.metrics]  # ties: the newest
     best = (max if direction == "max" else min)(scored, key=lambda r: r.metrics[metric]) if scored else None
     jobs = len(runs) + sum(f.startswith("job ") for f in failed)
+    finished = sum(r.status == "FINISHED" for r in runs)
     tracking.log_metrics(
-        {"sweep.jobs": jobs, "sweep.jobs_finished": jobs - len(failed), "sweep.jobs_failed": len(failed)}, run_id=parent
+        {
+            "sweep.jobs": jobs,
+            "sweep.jobs_finished": finished,
+            "sweep.jobs_pruned": pruned,
+            "sweep.jobs_failed": len(failed),
+        },
+        run_id=parent,
     )
     tags = {"sweeplab.sweep.best_metric": metric}
     if best is not None:

@@ -54,10 +54,11 @@ class Report:
 
     @property
     def failed(self) -> list[dict]:
-        return [r for r in self.rows if r["status"] != "FINISHED"]
+        return [r for r in self.rows if r["status"] not in ("FINISHED", PRUNED)]
 
 
 HISTORY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_sec")
+PRUNED = "PRUNED"  # the table's status of a run a sweep's pruner stopped (its MLflow status is KILLED)
 
 
 def job_runs(experiment_id: str, sweep_id: str) -> list[Run]:
@@ -70,6 +71,8 @@ def _label(run: Run, taken: set) -> str:
     if label in taken:
         label = f"{label} [{run.run_id[:8]}]"
     taken.add(label)
+    if run.pruned_at:
+        return f"{label} (pruned at epoch {run.pruned_at})"
     return label + ("" if run.status == "FINISHED" else f" ({run.status})")
 
 
@@ -84,7 +87,7 @@ def table_row(run: Run, history: list[dict]) -> dict:
     return {
         "run": run.name,
         "overrides": run.tags.get("sweeplab.overrides", ""),
-        "status": run.status,
+        "status": PRUNED if run.pruned_at else run.status,
         "best_test_acc": metrics.get("best_test_acc"),
         "best_epoch": int(best_epoch) if best_epoch is not None else None,
         "epochs_to_target": int(epochs_to_target) if epochs_to_target is not None else None,
@@ -94,7 +97,7 @@ def table_row(run: Run, history: list[dict]) -> dict:
         "wall_time_s": run.wall_time_s,
         "images_per_sec": sum(speeds) / len(speeds) if speeds else None,
         "run_id": run.run_id,
-        "failure": run.tags.get(tracking.FAILURE_TAG, ""),
+        "failure": f"pruned after epoch {run.pruned_at}" if run.pruned_at else run.tags.get(tracking.FAILURE_TAG, ""),
     }
 
 
@@ -175,9 +178,10 @@ def to_markdown(rows: list[dict], sweep_id: str, experiment_id: str | None = Non
     return "\n".join(lines) + "\n"
 
 
-def comparison_figure(histories: dict[str, list[dict]], sweep_id: str):
-    """The 2x2 figure (test acc, test loss, train acc, train loss), one line per run."""
-    fig = plots.curves_figure(histories, title=f"sweep {sweep_id}")
+def comparison_figure(histories: dict[str, list[dict]], sweep_id: str, stopped=()):
+    """The 2x2 figure (test acc, test loss, train acc, train loss), one line per run; pruned runs
+    (labels in ``stopped``) dashed, ending in a cross."""
+    fig = plots.curves_figure(histories, title=f"sweep {sweep_id}", stopped=stopped)
     for ax in fig.axes:
         ax.xaxis.get_major_locator().set_params(integer=True)  # epochs
     return fig
@@ -196,10 +200,13 @@ def build_report(experiment_id: str, sweep_id: str, out_dir: Path | None = None,
     if not runs:
         raise ConfigError(f"no runs of sweep {sweep_id} in experiment {experiment_id} of {tracking.tracking_uri()}")
     taken: set = set()
-    rows, histories = [], {}
+    rows, histories, stopped = [], {}, set()
     for run in runs:
         history = tracking.metric_history(run.run_id, HISTORY_KEYS)
-        histories[_label(run, taken)] = history
+        label = _label(run, taken)
+        histories[label] = history
+        if run.pruned_at:
+            stopped.add(label)
         rows.append(table_row(run, history))
 
     keep = out_dir is not None
@@ -207,7 +214,7 @@ def build_report(experiment_id: str, sweep_id: str, out_dir: Path | None = None,
     out.mkdir(parents=True, exist_ok=True)
     report = Report(sweep_id, rows, histories, out)
     report.files = {"figure": out / FIGURE, "markdown": out / TABLE_MD, "csv": out / TABLE_CSV}
-    report.figure = comparison_figure(histories, sweep_id)
+    report.figure = comparison_figure(histories, sweep_id, stopped)
     plots.save(report.figure, report.files["figure"])
     markdown = to_markdown(rows, sweep_id, experiment_id)
     report.files["markdown"].write_text(markdown)

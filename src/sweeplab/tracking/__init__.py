@@ -8,9 +8,10 @@ files and saved config), ``provenance`` (config, git, versions, data sets) and `
 models and the registry); ``records`` holds the tag names and the ``Run`` record."""
 
 from sweeplab.tracking.artifacts import artifact_names, download, saved_config
-from sweeplab.tracking.lifecycle import create_run, end_run, open_run
+from sweeplab.tracking.lifecycle import create_run, end_run, open_run, reopen_run
 from sweeplab.tracking.logger import (
     MlflowLogger,
+    delete_tags,
     log_figure,
     log_files,
     log_folder,
@@ -37,7 +38,11 @@ from sweeplab.tracking.records import (
     MODEL_NAME,
     NOTE_TAG,
     PARENT_TAG,
+    PRUNED_TAG,
+    RETRIED_TAG,
+    STOPPED_TAG,
     SWEEP_TAG,
+    TRIAL_TAG,
     Run,
 )
 from sweeplab.tracking.search import (
@@ -49,6 +54,7 @@ from sweeplab.tracking.search import (
     metric_history,
     metric_steps,
     sweep_parent,
+    sweep_parents,
     sweep_runs,
 )
 from sweeplab.tracking.secrets import masked_config, protect
@@ -70,7 +76,11 @@ __all__ = [
     "MODEL_NAME",
     "NOTE_TAG",
     "PARENT_TAG",
+    "PRUNED_TAG",
+    "RETRIED_TAG",
+    "STOPPED_TAG",
     "SWEEP_TAG",
+    "TRIAL_TAG",
     "MlflowLogger",
     "Run",
     "all_runs",
@@ -78,6 +88,7 @@ __all__ = [
     "best_run",
     "check_reachable",
     "create_run",
+    "delete_tags",
     "download",
     "end_run",
     "environment",
@@ -108,12 +119,14 @@ __all__ = [
     "pinned_requirements",
     "protect",
     "register_best",
+    "reopen_run",
     "safe_uri",
     "saved_config",
     "set_tags",
     "setup",
     "store_uri",
     "sweep_parent",
+    "sweep_parents",
     "sweep_runs",
     "tags_for",
     "tracking_uri",
