@@ -6,6 +6,7 @@ more; the launchers' parallel jobs and two sweepers sharing a study: test_scale_
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from hydra import initialize_config_dir
 
 from apps import run_app
 from pause import pause_overrides
-from support import ROOT, TINY, entry_env, epoch_metrics, free_port, mlflow_client, where
+from support import ROOT, TINY, entry_env, epoch_metrics, free_port, mlflow_client, run_entry, where
 from sweeps import failed_sweep
 
 # Three epochs on the 500 tiny images: lr 0.05 and 0.02 learn, lr 1e-7 cannot.
@@ -311,6 +312,32 @@ def test_a_grid_stopped_in_its_second_job_continues_where_it_stopped(workdir):
     assert third.returncode == 143, third.stderr[-3000:]  # (its second job pauses again)
     _, parents, _ = runs_of(workdir["store"])
     assert len(parents) == 2
+
+
+@pytest.mark.slow
+def test_a_grid_whose_sweeper_was_killed_continues_once_the_killed_trial_is_silent(workdir):
+    """kill -9 in the second job, which the basic launcher runs in the sweeper's own process: nothing
+    ends the runs or tells the study. The same command continues the sweep; the killed trial sends no
+    heartbeat (hydra.sweeper.heartbeat_s=1 here: stale after 2 s), so it is failed and queued again,
+    and its job resumes the killed run from its checkpoint."""
+    run = [o for o in SHORT if not o.startswith("trainer.checkpoint_every")] + ["trainer.checkpoint_every=1"]
+    command = ["-m", *pause_overrides("99,1,98", workdir["tmp"] / "paused", "SIGKILL"), *workdir["overrides"], *run]
+    first = run_entry("train.py", *command)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
+    _, (parent,), runs = runs_of(workdir["store"])
+    assert parent.info.status == "RUNNING" and [r.info.status for r in runs] == ["FINISHED", "RUNNING"]
+    killed = runs[1].info.run_id
+
+    second = run_app("train.py", *command, "hydra.sweeper.heartbeat_s=1")
+    assert second.returncode == 0, second.stderr[-3000:]
+    client, (again,), runs = runs_of(workdir["store"])
+    assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    resumed = client.get_run(killed)
+    assert resumed.data.tags["sweeplab.resumed_from_epoch"] == "1"
+    assert sorted(m.step for m in client.get_metric_history(killed, "test_acc")) == [1, 2]
+    states = [t.state.name for t in study_of(workdir["store"]).trials]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]  # the killed trial, and its retry last
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -103,19 +104,31 @@ class StudySweeper:
 
     def _next(self):
         """The next trial to run (None: nothing left): a queued one (a grid's next job, a retried
-        trial) first, else, in a search short of n_trials, a new one from the sampler."""
-        with self.lock:
-            study.fail_stale(self.study)
-            trials = self.study.get_trials(deepcopy=False)
-            if not any(t.state == TrialState.WAITING for t in trials):
-                if self.plan.kind == study.GRID:
-                    return None
-                if study.counted(trials) >= self.plan.n_trials:
-                    return None
-            # (A grid's queue emptied by another sweeper just now: the sampler draws one of its jobs again.)
-            trial = study.ask(self.study, self.plan.space)
-            self.heartbeat.add(study.storage_id(trial))
-            return trial
+        trial) first, else, in a search short of n_trials, a new one from the sampler. While trials
+        that this sweeper did not launch still run (another sweeper's, or one whose process died
+        and whose heartbeats stop: it is failed and queued again), wait for them."""
+        told = False
+        while True:
+            with self.lock:
+                study.fail_stale(self.study)
+                trials = self.study.get_trials(deepcopy=False)
+                more = self.plan.kind == study.SEARCH and study.counted(trials) < self.plan.n_trials
+                if more or any(t.state == TrialState.WAITING for t in trials):
+                    # (A grid's queue emptied by another sweeper just now: the sampler draws one of its jobs again.)
+                    trial = study.ask(self.study, self.plan.space)
+                    self.heartbeat.add(study.storage_id(trial))
+                    return trial
+                running = [t for t in trials if t.state == TrialState.RUNNING]
+                elsewhere = [t.number for t in running if study.storage_id(t) not in self.heartbeat.ids]
+            if not elsewhere:
+                return None
+            if not told:
+                log.info(
+                    f"waiting for trial(s) {elsewhere}: run elsewhere, or stopped (failed and queued again after "
+                    f"2 heartbeats of hydra.sweeper.heartbeat_s={self.plan.heartbeat_s} s without a sign of life)"
+                )
+                told = True
+            time.sleep(min(5.0, self.plan.heartbeat_s))
 
     def _settle(self, trial, result) -> None:
         """A job tells the study how it ended; one that could not (it failed before its trial was
