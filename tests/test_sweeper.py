@@ -119,6 +119,45 @@ def test_jobs_in_flight_follow_the_launcher():
     assert slots(None, submitit) == 16
 
 
+@pytest.mark.parametrize(
+    "overrides,first",
+    [
+        (["optimizer.lr=0.1,0.01", "prune=median"], "optimizer.lr=0.1"),
+        (["hparams_search=optuna_lr", "hydra.sweeper.sampler.seed=3"], "optimizer.lr=0.0"),
+    ],
+)
+def test_without_its_study_the_sweeper_only_hands_the_launcher_its_first_job(overrides, first, tmp_path):
+    """What a rehearsal of the sweeper's settings sees (its settings built, the first job handed to the
+    launcher), and why a run without the sweep callback stops with one error instead of running a study."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.plugins import Plugins
+    from hydra.types import HydraContext, RunMode
+    from omegaconf import open_dict
+
+    class FirstBatch(BaseException):
+        pass
+
+    batches = []
+
+    def launch(job_overrides, initial_job_idx):
+        batches.append((list(job_overrides[0]), initial_job_idx))
+        raise FirstBatch
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        cfg = loader.load_configuration("train", [*overrides, f"tracking.store_dir={tmp_path}"], RunMode.MULTIRUN)
+        with open_dict(cfg):
+            cfg.hydra.sweep.dir = str(tmp_path / "sweep")
+        sweeper = Plugins.instance().instantiate_sweeper(
+            config=cfg, hydra_context=HydraContext(config_loader=loader, callbacks=None), task_function=print
+        )
+        sweeper.impl.launcher.launch = launch
+        with pytest.raises(FirstBatch):
+            sweeper.sweep(arguments=list(cfg.hydra.overrides.task))
+    ((job, number),) = batches
+    assert number == 0 and job[0].startswith(first), job
+
+
 def test_optunas_internals_that_jobs_use(tmp_path):
     """Optuna hands a Trial only to the process that asked for it; a job builds its own from the
     trial's number (sweeplab.study.trial_of, storage_id). This fails loudly when an upgrade changes them."""

@@ -303,6 +303,14 @@ def ask(study: optuna.Study, space: dict[str, BaseDistribution]) -> optuna.Trial
     return trial
 
 
+def first_params(plan: Settings) -> dict:
+    """A sweep's first job's values: a grid's first, or the sampler's first draw (in memory: nothing stored)."""
+    if plan.kind == GRID:
+        return plan.grid[0]
+    with _quiet():
+        return ask(optuna.create_study(direction=plan.direction, sampler=plan.sampler), plan.space).params
+
+
 def counted(trials) -> int:
     """Trials that count toward n_trials: all but those that a retry (of an interrupted or stale trial) replaced."""
     replaced = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}

@@ -52,7 +52,7 @@ class StudySweeper:
         sweep_dir = Path(self.config.hydra.sweep.dir)
         self.facts = job.sweep(sweep_dir)
         if not self.facts.get("study"):
-            raise RuntimeError("the sweeper needs sweeplab.sweep.SweepCallback in hydra.callbacks (conf/train.yaml)")
+            self._first_job_only()
         try:  # checked by the sweep callback already: this only rebuilds the pieces
             self.plan = study.settings(self.config, self.hydra_context.config_loader)
             self.storage = study.open_storage(self.plan.storage_url, self.plan.heartbeat_s)
@@ -81,6 +81,15 @@ class StudySweeper:
             self._stopped()
             raise
         self._report()
+
+    def _first_job_only(self) -> None:
+        """Without the sweep callback's facts (conf/train.yaml wires it) there is no study to run: a
+        rehearsal of the sweeper's settings (they are built here, so a bad one raises) hands the
+        launcher the first job, as a run would, and stops there; anything else ends with one error."""
+        plan = study.settings(self.config, self.hydra_context.config_loader)
+        study.open_storage(plan.storage_url, plan.heartbeat_s)
+        self.launcher.launch([plan.overrides(study.first_params(plan))], initial_job_idx=0)
+        raise RuntimeError("the sweeper runs a study named by sweeplab.sweep.SweepCallback: add it to hydra.callbacks")
 
     def _stopped(self) -> None:
         """The parent run KILLED now (the sweep callback's exit handler would do it only at exit)."""
