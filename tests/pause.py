@@ -2,7 +2,8 @@
 to interrupt it at a known point: after epoch ``epoch`` is checkpointed it writes ``flag`` and waits,
 so a test signals or kills a run that is exactly there, however fast or slow the machine is. With
 ``signal`` it sends that signal to its own process there: the same delivery as from outside (a
-scheduler's SIGTERM, a requeue's SIGUSR2), with no other process to start or to wait for."""
+scheduler's SIGTERM, a requeue's SIGUSR2), with no other process to start or to wait for. With ``job``
+it pauses only in the multirun job of that number (``hydra.job.num``: in a sweep, the trial's)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,17 @@ WAIT_S = 300
 
 
 class PauseAfterEpoch(Callback):
-    def __init__(self, epoch: int, flag: str, signal: str | None = None):
-        self.epoch, self.flag, self.signal = int(epoch), Path(flag), signal
+    def __init__(self, epoch: int, flag: str, signal: str | None = None, job: int | None = None):
+        self.epoch, self.flag, self.signal, self.job = int(epoch), Path(flag), signal, job
 
     def on_epoch_end(self, trainer, metrics: dict) -> None:
         if metrics["epoch"] != self.epoch:
             return
+        if self.job is not None:
+            from hydra.core.hydra_config import HydraConfig
+
+            if HydraConfig.get().job.num != self.job:
+                return
         self.flag.write_text(f"{self.epoch} {os.getpid()}")  # the process to signal (a launcher may start it)
         wait = WAIT_S
         if self.signal:
@@ -36,13 +42,14 @@ class PauseAfterEpoch(Callback):
         raise RuntimeError(f"paused after epoch {self.epoch}: no signal ended the run within {wait} s")
 
 
-def pause_overrides(epoch: int | str, flag: Path, signal: str | None = None) -> list[str]:
+def pause_overrides(epoch: int | str, flag: Path, signal: str | None = None, job: int | None = None) -> list[str]:
     """The overrides that put the pause into a run; ``epoch`` may be a sweep's values ("1,99")."""
     return [
         f"+trainer.callbacks.pause._target_={__name__}.PauseAfterEpoch",
         f"+trainer.callbacks.pause.epoch={epoch}",
         f"+trainer.callbacks.pause.flag={flag}",
         *([f"+trainer.callbacks.pause.signal={signal}"] if signal else []),
+        *([f"+trainer.callbacks.pause.job={job}"] if job is not None else []),
     ]
 
 

@@ -124,7 +124,7 @@ def test_a_grid_sweep_expands_to_every_job_in_hydras_order():
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from sweeplab.sweep import grid
+    from sweeplab.job import grid
 
     overrides = [
         "optimizer.lr=0.1,0.01",

@@ -29,7 +29,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 import sweeplab  # noqa: F401  (resolvers)
 from sweeplab.checks import check_explain, check_lr_finder, check_run
-from sweeplab.sweep import grid
+from sweeplab.job import grid
 from sweeplab.training import saved_config_text
 
 from support import ROOT

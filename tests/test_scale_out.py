@@ -1,13 +1,18 @@
-"""Scale-out: Hydra launchers (submitit_local, joblib), the Optuna sweeper, and a real `mlflow server`
-with proxied artifacts, backed by PostgreSQL as a team would run it.
+"""Scale-out: Hydra launchers (submitit_local, joblib), the study sweeper with parallel jobs and with
+two sweepers sharing one study, and a real `mlflow server` with proxied artifacts, backed by
+PostgreSQL as a team would run it.
 
-The server (servers.py) is started once for the module and always stopped; where PostgreSQL cannot be
-started a SQLite-backed server stands in, unless SWEEPLAB_REQUIRE_POSTGRES=1 makes that a failure.
+PostgreSQL and the server (servers.py) are started once for the module and always stopped; where
+PostgreSQL cannot be started a SQLite-backed server stands in (and the shared-study test skips),
+unless SWEEPLAB_REQUIRE_POSTGRES=1 makes that a failure.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import NamedTuple
@@ -15,12 +20,14 @@ from typing import NamedTuple
 import pytest
 
 from apps import run_app
+from gate import gate_overrides
 from pause import pause_overrides
 from servers import mlflow_server, start_postgres
 from support import (
     ROOT,
     TINY,
     child_pythonpath,
+    entry_env,
     epoch_metrics,
     free_port,
     mlflow_client,
@@ -41,19 +48,32 @@ class Server(NamedTuple):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def postgres():
+    """A private PostgreSQL cluster's URI (its database ``mlflow``), or the reason there is none; a
+    failure instead with SWEEPLAB_REQUIRE_POSTGRES=1."""
+    try:
+        uri, stop = start_postgres()
+    except RuntimeError as err:
+        if os.environ.get("SWEEPLAB_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL could not be started: {err}")
+        yield f"PostgreSQL could not be started ({err})"
+        return
+    try:
+        yield uri
+    finally:
+        stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, postgres):
     """The team's setup: an `mlflow server` backed by PostgreSQL, with proxied artifacts (in
     ``folder/artifacts``). Where PostgreSQL cannot be started, a SQLite-backed server stands in (and
-    the reason is printed), unless SWEEPLAB_REQUIRE_POSTGRES=1 makes that a failure."""
+    the reason is printed)."""
     base = tmp_path_factory.mktemp("servers")
     with ExitStack() as stack:
-        try:
-            backend, stop = start_postgres()
-            stack.callback(stop)
-        except RuntimeError as err:
-            if os.environ.get("SWEEPLAB_REQUIRE_POSTGRES") == "1":
-                pytest.fail(f"PostgreSQL could not be started: {err}")
-            print(f"PostgreSQL could not be started ({err}): a SQLite-backed server instead")
+        backend = postgres
+        if not postgres.startswith("postgresql://"):
+            print(f"{postgres}: a SQLite-backed server instead")
             backend = f"sqlite:///{base / 'mlflow.db'}"
         folder = base / "server"
         uri = stack.enter_context(mlflow_server(backend, folder))
@@ -140,24 +160,28 @@ def test_submitit_local_sweep_logs_to_a_server_and_a_requeued_job_resumes_its_ru
 
 
 @pytest.mark.slow
-def test_optuna_study_on_joblib_each_trial_a_run_best_params_logged(server, workdir, monkeypatch):
-    """Also the joblib launcher (2 trials at a time), finding the server through MLFLOW_TRACKING_URI."""
+def test_optuna_study_on_joblib_a_new_trial_starts_as_soon_as_one_ends(server, workdir, monkeypatch):
+    """Three trials, two at a time (hydra.launcher.n_jobs=2; the sweeper keeps as many in flight), the
+    jobs finding the server through MLFLOW_TRACKING_URI. Trial 1 holds after its epoch until trial 2
+    has started (gate.py): trial 2 must start when trial 0 ends, while its batch-mate 1 still runs;
+    with batches of two it would wait for trial 1, which waits for it, and trial 1 would fail."""
     fixed = [o for o in ONE_EPOCH if not o.startswith("trainer.batch_size=")]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", child_pythonpath())  # the jobs' processes import gate.py
     result = run_app(
         "train.py",
         "-m",
         "hparams_search=optuna_lr",
         "hydra.sweeper.n_trials=3",
         "hydra.sweeper.sampler.n_startup_trials=2",
-        "hydra.sweeper.n_jobs=2",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
         "tracking.experiment=optuna",
         *workdir["overrides"],
         *fixed,
         "trainer.batch_size=choice(50,100)",  # replaces the config's choices
+        *gate_overrides(workdir["tmp"] / "started", wait=1, touch=2),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     best_line = [line for line in result.stdout.splitlines() if line.startswith("optuna: best best_test_acc = ")]
@@ -165,24 +189,104 @@ def test_optuna_study_on_joblib_each_trial_a_run_best_params_logged(server, work
 
     _, runs = _runs(server, "optuna")
     (study,) = [r for r in runs if r.data.tags.get("sweeplab.kind") == "sweep"]  # the study's outcome is on the parent
-    trials = [r for r in runs if r is not study]
-    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {study.info.run_id}  # joblib's workers too
-    assert len(trials) == 3 and {r.info.status for r in trials} == {"FINISHED"}
-    assert len({r.data.params["optimizer.lr"] for r in trials}) == 3  # three different suggestions
-    for r in trials:  # run names carry the searched values
+    trials = {int(r.data.tags["sweeplab.trial"]): r for r in runs if r is not study}
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials.values()} == {study.info.run_id}  # joblib's workers too
+    assert sorted(trials) == [0, 1, 2] and {r.info.status for r in trials.values()} == {"FINISHED"}
+    assert trials[2].info.start_time < trials[1].info.end_time  # no idle slot: 2 ran beside 1
+    assert len({r.data.params["optimizer.lr"] for r in trials.values()}) == 3  # three different suggestions
+    for r in trials.values():  # run names carry the searched values
         assert r.info.run_name.startswith("optimizer.lr="), r.info.run_name
         assert 1e-4 <= float(r.data.params["optimizer.lr"]) <= 1e-1
         assert r.data.params["trainer.batch_size"] in ("50", "100")
 
     assert study.info.status == "FINISHED" and study.info.run_name.startswith("sweep ")
-    best = max(trials, key=lambda r: r.data.metrics["best_test_acc"])
+    best = max(trials.values(), key=lambda r: r.data.metrics["best_test_acc"])
     assert study.data.metrics["optuna.best_value"] == pytest.approx(best.data.metrics["best_test_acc"])
-    assert {"best.optimizer.lr", "best.optimizer.weight_decay", "best.trainer.batch_size"} <= set(study.data.params)
+    assert {"best.optimizer.lr", "best.optimizer.weight_decay", "best.trainer.batch_size"} <= set(study.data.tags)
     best_run = study.data.tags["sweeplab.optuna.best_run"]
     assert _client(server).get_run(best_run).data.tags["sweeplab.optuna.best"] == "true"
-    assert study.data.params["best.optimizer.lr"] in best_line[0]
+    assert study.data.tags["best.optimizer.lr"] in best_line[0]
     names = {a.path for a in _client(server).list_artifacts(study.info.run_id, "optuna")}
-    assert {"optuna/optimization_results.yaml", "optuna/trials.csv"} <= names
+    assert {"optuna/optimization_results.yaml", "optuna/trials.csv", "optuna/optimization_history.png"} <= names
+
+
+@pytest.mark.slow
+def test_two_sweepers_share_one_study_on_postgresql(server, postgres, workdir):
+    """A team's search split over two machines: two sweeper processes with one study (PostgreSQL, its
+    own database beside MLflow's) and one MLflow server. The first holds its first trial until the
+    second has asked for one; together they run n_trials=4, each trial once, under one parent run."""
+    if not postgres.startswith("postgresql://"):
+        pytest.skip(postgres)
+    import psycopg
+
+    with psycopg.connect(postgres, autocommit=True) as db:
+        db.execute("CREATE DATABASE optuna")
+    storage = postgres.rsplit("/", 1)[0] + "/optuna"
+    fixed = [o for o in ONE_EPOCH if not o.startswith("trainer.batch_size=")]
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "hparams_search=optuna_lr",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.study_name=shared",
+        f"hydra.sweeper.storage={storage}",
+        f"tracking.uri={server.uri}",
+        "tracking.experiment=shared",
+        *workdir["overrides"],
+        *fixed,
+        "trainer.batch_size=choice(50,100)",
+    ]
+    flag, folder = workdir["tmp"] / "second-started", workdir["tmp"]
+    env = entry_env(MLFLOW_DISABLE_TELEMETRY="true")
+    first = _start(folder / "sweeper1.log", [*command, *gate_overrides(flag, wait=0)], env)
+    second = None
+    try:
+        _until(lambda: any(t.state.name == "RUNNING" for t in _trials(storage)), first)  # trial 0 runs, held
+        second = _start(folder / "sweeper2.log", command, env)
+        _until(lambda: len({t.user_attrs.get("sweeplab.sweeper") for t in _trials(storage)}) == 2, second)
+        flag.write_text("go")  # the second sweeper has asked for a trial of its own: let the first go on
+        for proc in (first, second):
+            assert proc.wait(timeout=300) == 0, proc.log.read_text()[-3000:]
+    finally:
+        for proc in filter(None, (first, second)):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    done = _trials(storage)
+    assert [t.number for t in done] == [0, 1, 2, 3] and {t.state.name for t in done} == {"COMPLETE"}
+    assert len({t.user_attrs["sweeplab.sweeper"] for t in done}) == 2  # both sweepers ran trials
+    _, runs = _runs(server, "shared")
+    (parent,) = [r for r in runs if r.data.tags.get("sweeplab.kind") == "sweep"]
+    jobs = [r for r in runs if r is not parent]
+    assert {r.info.run_id for r in jobs} == {t.user_attrs["sweeplab.run_id"] for t in done}  # one run per trial
+    assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {parent.info.run_id}
+    assert {r.info.status for r in jobs} == {"FINISHED"} and parent.info.status == "FINISHED"
+
+
+def _trials(storage: str) -> list:
+    import optuna
+
+    try:
+        return optuna.load_study(study_name="shared", storage=storage).trials
+    except KeyError:  # not created yet
+        return []
+
+
+def _start(log: Path, command: list[str], env: dict) -> subprocess.Popen:
+    """``command`` as a process of its own, its console in ``log`` (``proc.log``)."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc.log = log
+    return proc
+
+
+def _until(condition, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the sweeper ended early: {proc.log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"not within {timeout:g} s: {proc.log.read_text()[-3000:]}"
+        time.sleep(0.5)
 
 
 def test_a_dead_server_fails_fast_before_any_training(tmp_path, tiny_npz):
@@ -234,35 +338,11 @@ def test_slurm_preset_extends_the_plugin_config():
 def test_optuna_search_space_lives_in_one_config():
     cfg = _compose("hparams_search=optuna_lr")
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.storage is None
-    assert getattr(sweeper.direction, "name", sweeper.direction) == "maximize"  # an enum in the plugin's schema
+    assert sweeper._target_.endswith("SweeplabSweeper") and sweeper.storage is None  # beside the MLflow store
+    assert str(sweeper.direction) == "maximize" and sweeper.sampler._target_ == "optuna.samplers.TPESampler"
     assert sweeper.params["optimizer.lr"].startswith("tag(log")
     assert sweeper.params["optimizer.weight_decay"].startswith("tag(log")
     assert sweeper.params["trainer.batch_size"].startswith("choice(")
-    assert "optuna_report" in cfg.hydra.callbacks and "sweep" in cfg.hydra.callbacks
-    assert sweeper.max_failure_rate == 1.0  # a diverged trial is FAIL in the study, not the end of it
-
-
-def test_a_failed_trial_reaches_optuna_as_a_failed_job():
-    """The task returns NaN for a failed job; Optuna 2 cannot be told NaN, so the callback fails the job."""
-    from hydra.core.utils import JobReturn, JobStatus
-
-    from sweeplab.optuna_report import OptunaReport, TrialFailed
-
-    def job_return(status, value):
-        done = JobReturn(status=status)
-        done.return_value = value
-        return done
-
-    failed = job_return(JobStatus.COMPLETED, float("nan"))
-    OptunaReport().on_job_end(config=None, job_return=failed)
-    assert failed.status == JobStatus.FAILED
-    with pytest.raises(TrialFailed):
-        failed.return_value  # noqa: B018  (what the sweeper reads)
-    good = job_return(JobStatus.COMPLETED, 0.5)
-    OptunaReport().on_job_end(config=None, job_return=good)
-    assert good.status == JobStatus.COMPLETED and good.return_value == 0.5
-    crashed = job_return(JobStatus.FAILED, RuntimeError("the job's own error"))  # left as it is
-    OptunaReport().on_job_end(config=None, job_return=crashed)
-    with pytest.raises(RuntimeError, match="the job's own error"):
-        crashed.return_value  # noqa: B018
+    assert cfg.prune._target_ == "optuna.pruners.MedianPruner"  # losers stop early by default
+    assert "sweep" in cfg.hydra.callbacks
+    assert not _compose("hparams_search=optuna_lr", "prune=none").prune

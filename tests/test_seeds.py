@@ -166,10 +166,10 @@ def test_the_configurations_table_spreads_the_target_over_the_seeds_that_reached
 
 # -- the shorthand ------------------------------------------------------------------------------------
 def test_seeds_is_the_grid_sweepers_range_of_seeds(monkeypatch):
-    assert job.seed_sweep(3) == {"trainer.seed": "range(1,4)"} and job.seed_sweep(None) == {}
+    assert job.seed_overrides(3) == ["trainer.seed=range(1,4)"] and job.seed_overrides(None) == []
     for bad in (0, -1, 2.5, True, "3"):
         with pytest.raises(ValueError, match="must be an integer >= 1"):
-            job.seed_sweep(bad)
+            job.seed_overrides(bad)
     monkeypatch.setattr(job, "swept_keys", lambda: ["trainer.seed", "optimizer.lr"])
     overrides = ["trainer.seed=2", "optimizer.lr=0.01", "seeds=3", "trainer.epochs=3"]
     assert job.run_name(overrides) == "optimizer.lr=0.01 trainer.seed=2"  # the seed last
@@ -189,7 +189,7 @@ def test_help_shows_the_shorthand():
         (["seeds=3"], "seeds=3 runs each configuration of a sweep with 3 seeds: add -m"),
         (["-m", "seeds=2", "trainer.seed=1,2"], "seeds=2 and trainer.seed=1,2 both choose the seeds"),
         (["-m", "seeds=0"], "seeds=0 must be an integer >= 1"),
-        (["-m", "hparams_search=optuna_lr", "seeds=2"], "a search (hydra.sweeper=OptunaSweeper)"),
+        (["-m", "hparams_search=optuna_lr", "seeds=2"], "a search (hydra.sweeper.params, or a range on the command line)"),
     ],
 )
 def test_a_wrong_seeds_is_one_line_and_creates_no_run(workdir, overrides, message):

@@ -140,8 +140,9 @@ def test_one_call_builds_a_run_and_its_model_normalizes_as_its_loaders(tiny_npz)
 def test_help_lists_the_groups():
     result = run_app("train.py", "--help")
     assert result.returncode == 0
-    for group in ("model:", "optimizer:", "scheduler:", "augmentation:", "data:", "trainer:", "experiment:"):
+    for group in ("model:", "optimizer:", "scheduler:", "augmentation:", "data:", "trainer:", "experiment:", "prune:"):
         assert group in result.stdout
+    assert "run the same command again to continue it" in result.stdout  # how a stopped sweep continues
     job = run_app("train.py", "--cfg", "job", "optimizer.lr=0.02")
     assert job.returncode == 0 and "lr: 0.02" in job.stdout
 
@@ -195,7 +196,7 @@ def no_runs_at_all(store) -> bool:
         ),
         (
             ["data.npz={npz}", "hparams_search=optuna_lr", "hydra.sweeper.direction=up"],
-            "error: hydra.sweeper (OptunaSweeper): Please set either 'minimize' or 'maximize' to direction.",
+            "error: hydra.sweeper.direction='up' must be maximize or minimize (null: from objective)",
         ),
     ],
 )
@@ -237,3 +238,33 @@ def test_a_job_failing_before_its_run_exists_still_fails_the_sweep(workdir, tiny
         parent.info.status == "FAILED"
         and "job 0 (failed before its run started)" in parent.data.tags["sweeplab.failure"]
     )
+
+
+# -- a single run stops early ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_early_stopping_ends_a_run_on_its_patience_with_the_best_weights(workdir):
+    result = run_app(
+        "train.py",
+        *workdir["overrides"],
+        *TINY,
+        "tracking.system_metrics=false",
+        "trainer.epochs=8",
+        "optimizer.lr=1e-7",  # cannot learn: test accuracy stays where the first epoch left it
+        "trainer.early_stopping.patience=2",
+        "trainer.early_stopping.monitor=test_loss",
+        "trainer.early_stopping.min_delta=0.05",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = mlflow_client(workdir["store"])
+    (run,) = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
+    epochs = sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_loss"))
+    assert run.info.status == "FINISHED" and epochs == [1, 2, 3]  # two epochs without improvement, then stop
+    assert run.data.tags["sweeplab.stopped_at_epoch"] == "3"
+    assert run.data.metrics["best_epoch"] in (1, 2, 3)
+    assert (workdir["tmp"] / "checkpoints" / run.info.run_id / "best.pt").is_file()
+
+
+def test_early_stopping_is_checked_before_any_work(workdir):
+    stopping = ["trainer.early_stopping.patience=2", "trainer.early_stopping.monitor=val_acc"]
+    result = run_app("train.py", *workdir["overrides"], *TINY, "tracking.system_metrics=false", *stopping)
+    assert result.returncode == 2 and "needs a validation split" in result.stderr, result.stderr[-2000:]

@@ -6,7 +6,6 @@ import os
 # (its thread removes an environment variable while requests reads it): off unless the user says otherwise.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from sweeplab import job, paths  # noqa: E402
+from sweeplab import paths  # noqa: E402
 
 paths.register_resolvers()  # ${sweeplab_root:}
-job.register_resolvers()  # ${sweeplab_seed_sweep:...}

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweeplab import job
 from sweeplab.data import Augment, Dataset, DeviceLoader, Split, from_config
 from sweeplab.device import job_device
-from sweeplab.engine import Trainer, seed_everything
+from sweeplab.engine import EarlyStopping, Trainer, seed_everything
 from sweeplab.errors import ConfigError
 
 
@@ -214,9 +214,14 @@ def build_loaders(cfg: DictConfig, data: Dataset, device: torch.device, seed: in
 
 
 def build_callbacks(cfg: DictConfig) -> list:
-    """Engine callbacks named in ``trainer.callbacks`` (``name: {_target_: ..., ...}``)."""
+    """Engine callbacks: early stopping when ``trainer.early_stopping.patience`` is set, and those named in
+    ``trainer.callbacks`` (``name: {_target_: ..., ...}``)."""
+    stopping = cfg.trainer.get("early_stopping") or {}
+    callbacks = []
+    if stopping.get("patience") is not None:
+        callbacks.append(EarlyStopping(stopping.patience, stopping.monitor, stopping.min_delta))
     with building("trainer.callbacks"):
-        return [instantiate(node) for node in (cfg.trainer.get("callbacks") or {}).values()]
+        return callbacks + [instantiate(node) for node in (cfg.trainer.get("callbacks") or {}).values()]
 
 
 def build_trainer(cfg: DictConfig, device: torch.device, data: Dataset) -> Trainer:

@@ -100,6 +100,7 @@ def check_run(cfg: DictConfig) -> None:
             raise ConfigError(f"scheduler.monitor={monitor} needs a validation split (set data.val_split=N)")
     if cfg.objective not in OBJECTIVES:
         raise ConfigError(f"objective={cfg.objective!r} is not a metric this project records")
+    check_early_stopping(trainer.get("early_stopping"), data)
     aug = cfg.augmentation
     integer(aug.crop_padding, "augmentation.crop_padding", minimum=0)
     one_of(aug.pad_mode, "augmentation.pad_mode", ("zeros", "reflect"))
@@ -149,6 +150,20 @@ def check_tracking(tracking: DictConfig) -> None:
     keys = tracking.get("secret_keys") or []
     if not (isinstance(keys, (list, ListConfig)) and all(isinstance(k, str) and k.strip() for k in keys)):
         raise ConfigError(f"tracking.secret_keys={keys!r} must be a list of config keys, e.g. [data.token]")
+
+
+def check_early_stopping(stopping: DictConfig | None, data: DictConfig) -> None:
+    """``trainer.early_stopping``: off (patience null), or a patience on a per-epoch metric."""
+    if not stopping or stopping.get("patience") is None:
+        return
+    integer(stopping.patience, "trainer.early_stopping.patience")
+    one_of(stopping.get("monitor"), "trainer.early_stopping.monitor", METRICS)
+    if stopping.monitor.startswith("val_") and not data.val_split:
+        raise ConfigError(
+            f"trainer.early_stopping.monitor={stopping.monitor} needs a validation split (set data.val_split=N)"
+        )
+    if not (is_number(stopping.get("min_delta")) and stopping.min_delta >= 0):
+        raise ConfigError(f"trainer.early_stopping.min_delta={stopping.get('min_delta')!r} must be a number >= 0")
 
 
 def check_data(data: DictConfig) -> None:

@@ -35,13 +35,38 @@ class NonFiniteLossError(RunFailed):
 
 
 class Callback:
-    """Hooks the engine calls; ``metrics`` is the epoch's dict (see ``Trainer.fit``)."""
+    """Hooks the engine calls; ``metrics`` is the epoch's dict (see ``Trainer.fit``). A callback may end
+    the fit early with ``trainer.stop(reason)``."""
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict) -> None: ...
 
     def on_fit_end(self, trainer: Trainer) -> None: ...
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracies go up, losses go down."""
+    return not metric.endswith("loss")
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs (a
+    resumed fit counts from the epochs it trained before). The best weights stay in best.pt."""
+
+    def __init__(self, patience: int, monitor: str = "test_acc", min_delta: float = 0.0):
+        self.patience, self.monitor, self.min_delta = int(patience), monitor, float(min_delta)
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict) -> None:
+        values = [m[self.monitor] for m in trainer.history]
+        sign = 1 if higher_is_better(self.monitor) else -1
+        best_at, best = 0, sign * values[0]
+        for i, value in enumerate(values[1:], 1):
+            if sign * value > best + self.min_delta:
+                best_at, best = i, sign * value
+        waited = len(values) - 1 - best_at
+        if waited >= self.patience:
+            trainer.stop(f"{self.monitor} has not improved for {waited} epochs (patience {self.patience})")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -126,6 +151,9 @@ class Trainer:
         self.best: dict = {"test_acc": -1.0, "epoch": None}
         self.epochs_to_target: int | None = None
         self._unsaved: dict | None = None  # the last complete epoch's state while last.pt is older
+        self.epochs: int | None = None  # the last epoch of the current fit
+        self.stopped_at: int | None = None  # the epoch after which a callback stopped the fit
+        self.stop_reason: str | None = None
 
     # -- one epoch -------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict:
@@ -203,6 +231,10 @@ class Trainer:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
+    def stop(self, reason: str) -> None:
+        """End the fit after the current epoch (early stopping, a sweep's pruner); its state is checkpointed."""
+        self.stop_reason = reason
+
     # -- the loop --------------------------------------------------------------------------------
     def fit(self, epochs: int, *, checkpoint_dir: str | Path | None = None, callbacks=()) -> list[dict]:
         """Train from ``self.epoch + 1`` to ``epochs``; return the per-epoch metrics.
@@ -214,9 +246,11 @@ class Trainer:
         """
         if checkpoint_dir is not None:
             self.checkpoint_dir = Path(checkpoint_dir)
+        self.epochs = epochs  # what this fit trains to (callbacks may read it)
         listeners = [*self.callbacks, *callbacks]
         if self.compile and self.compile_seconds is None:
             self.warm_up()
+        self.stopped_at = self.stop_reason = None
         for cb in listeners:
             cb.on_fit_start(self)
         try:
@@ -256,6 +290,11 @@ class Trainer:
             self._checkpoint(epoch, epochs, improved=self.best["epoch"] == epoch)
             for cb in listeners:
                 cb.on_epoch_end(self, metrics)
+            if self.stop_reason:
+                self.stopped_at = epoch
+                self._save_unsaved()  # a stopped run can be resumed to its last epoch
+                log.info(f"stopped after epoch {epoch}: {self.stop_reason}")
+                return
 
     def _step_scheduler(self, metrics: dict) -> None:
         if self.scheduler is None or self.scheduler_interval != "epoch":

@@ -8,6 +8,8 @@ and by the sweep callback:
   checkpointed, prints how to continue it, and exits 128 + the signal's number;
 - anything else is a bug and keeps its traceback.
 
+A run that a sweep's pruner stopped (``RunStopped``) is none of these: its job ends normally (exit 0).
+
 In a multirun a failed job does not stop the sweep: its error is logged, a ``FAILED`` file is left in
 its job folder (also when it failed before its MLflow run existed), and the job returns NaN; the
 sweep callback turns failed jobs into the command's exit code.
@@ -35,6 +37,11 @@ class ConfigError(ValueError):
 
 class RunFailed(RuntimeError):
     """The run itself failed (e.g. the loss became NaN): reported as one line (exit code 1)."""
+
+
+class RunStopped(Exception):
+    """A run stopped on purpose before its last epoch (a sweep's pruner): it ends KILLED with its
+    checkpoint kept (``resume=<run id>`` trains it on), and it is not a failure."""
 
 
 class Interrupted(KeyboardInterrupt):

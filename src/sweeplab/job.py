@@ -10,6 +10,7 @@ on other machines), where environment variables set after the workers started wo
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -34,7 +35,7 @@ ENVIRONMENT_KEYS = (
 # The keys that choose a run's seed: a sweep's jobs that differ only in these are seeds of one configuration.
 SEED_KEYS = ("trainer.seed", "seeds")
 
-SWEEP_FILE = ".sweeplab/sweep.json"  # in the sweep folder: {"id", "parent_run_id", "swept"}
+SWEEP_FILE = ".sweeplab/sweep.json"  # in the sweep folder: {"id", "parent_run_id", "swept", "study"}
 RUN_FILE = ".sweeplab/run_id"  # in a job's folder: the MLflow run it logs to
 
 
@@ -53,6 +54,20 @@ def experiment_overrides(overrides: list[str], drop: tuple[str, ...] = ()) -> li
     return [
         o for o in overrides if not (is_environment_key(key_of(o)) or key_of(o).startswith(drop)) and o != "(defaults)"
     ]
+
+
+def grid(parsed) -> list[list[str]]:
+    """The jobs of a grid sweep, from Hydra's parsed overrides: the product of the discrete sweeps
+    (``a=1,2 b=x,y``: four jobs), in the order Hydra's basic sweeper runs them, each job as its
+    ``key=value`` overrides (a key given twice: the last one)."""
+    choices: dict[str, list[str]] = {}
+    for override in parsed:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
 def overrides() -> list[str]:
@@ -83,6 +98,12 @@ def _multirun_dir() -> Path | None:
     return Path(HydraConfig.get().sweep.dir) if is_multirun() else None
 
 
+def number() -> int | None:
+    """The current multirun job's number (``hydra.job.num``; None outside a multirun)."""
+    folder, num = multirun_job()
+    return num if folder is not None else None
+
+
 def multirun_job() -> tuple[Path | None, int]:
     """(the sweep folder, this job's number) in a multirun; (None, 0) otherwise."""
     from hydra.core.hydra_config import HydraConfig
@@ -109,6 +130,11 @@ def sweep(sweep_dir: str | Path | None = None) -> dict:
 
 def sweep_id() -> str | None:
     return sweep().get("id")
+
+
+def study_name() -> str | None:
+    """The Optuna study whose trials the sweep's jobs are (None for a sweep without one)."""
+    return sweep().get("study")
 
 
 def parent_run_id() -> str | None:
@@ -138,23 +164,14 @@ def configuration(job_overrides: list[str]) -> str:
     return " ".join(keep)[:250] or "defaults"
 
 
-def seed_sweep(seeds: int | None) -> dict[str, str]:
-    """``seeds=N``, the shorthand for "each configuration with N seeds", as the grid sweeper's own
-    params (``hydra.sweeper.params`` in conf/train.yaml): ``trainer.seed=range(1,N+1)``; none when null."""
+def seed_overrides(seeds: int | None) -> list[str]:
+    """``seeds=N``, the shorthand for "each configuration with N seeds", as the override a grid expands:
+    ``trainer.seed=range(1,N+1)``; none when null."""
     if seeds is None:
-        return {}
+        return []
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds={seeds!r} must be an integer >= 1 (or null)")
-    return {"trainer.seed": f"range(1,{seeds + 1})"}
-
-
-def register_resolvers() -> None:
-    """``${sweeplab_seed_sweep:${seeds}}`` for the configs."""
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("sweeplab_seed_sweep"):
-        # A config node, not a dict: OmegaConf.resolve (the config checks) takes only those.
-        OmegaConf.register_new_resolver("sweeplab_seed_sweep", lambda seeds: OmegaConf.create(seed_sweep(seeds)))
+    return [f"trainer.seed=range(1,{seeds + 1})"]
 
 
 def note_run(run_id: str) -> None:

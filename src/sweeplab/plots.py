@@ -19,17 +19,22 @@ CURVES = (
 )
 
 
-def curves_figure(histories: dict[str, list[dict]], title: str | None = None) -> Figure:
+def curves_figure(histories: dict[str, list[dict]], title: str | None = None, stopped=()) -> Figure:
     """The baseline's 2x2 figure: test acc/loss, train acc/loss per epoch, one line per run. A
-    history that also holds ``<key>_std`` (a configuration's mean over seeds) gets a band of ± that."""
+    history that also holds ``<key>_std`` (a configuration's mean over seeds) gets a band of ± that;
+    the runs labelled in ``stopped`` (a sweep's pruned jobs) are dashed and end in a cross."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     for ax, (key, name) in zip(axes.flat, CURVES):
         scale = 100 if key.endswith("_acc") else 1
         for label, history in histories.items():
             points = [(m["epoch"], m[key]) for m in history if key in m]
-            if points:
-                xs, ys = zip(*points)
-                line = ax.plot(xs, [scale * y for y in ys], marker="." if len(xs) < 30 else None, label=label)[0]
+            if not points:
+                continue
+            xs, ys = zip(*points)
+            line = ax.plot(xs, [scale * y for y in ys], marker="." if len(xs) < 30 else None, label=label)[0]
+            if label in stopped:
+                line.set_linestyle("--")
+                ax.plot(xs[-1:], [scale * ys[-1]], marker="x", markersize=9, color=line.get_color())
             band = [(m["epoch"], m[key], m[f"{key}_std"]) for m in history if f"{key}_std" in m]
             if band:
                 xs, ys, sd = zip(*band)

@@ -1,55 +1,50 @@
 """What happens around a multirun (the Hydra callback set in conf/train.yaml: train.py's multiruns).
 
-Before the first job: every job's config is checked, the launcher's and the sweeper's own settings
-and every job's training step are rehearsed (sweeplab.rehearsal), where the jobs run at once is
-checked (sweeplab.placement), the store is checked, and the sweep gets an id and an MLflow parent run,
-named after what it varies; every job's run is nested under it (its id reaches the jobs through the
-sweep folder, see sweeplab.job). After the last job: the comparison is logged to the parent, which
-records the best configuration (by its mean over seeds, with seeds) and its best run, the verdict on
-seed noise, and how many jobs finished and failed; that run's model is registered; the parent ends
-FINISHED, or FAILED naming the failed jobs, which also become the command's exit code.
+Before the first job: every job's config is checked, the sweep's study too (its sampler, pruner,
+database and direction, see sweeplab.study), the launcher's and the sweeper's own settings and every
+job's training step are rehearsed (sweeplab.rehearsal), where the jobs run at once is checked
+(sweeplab.placement), the store is checked, and the sweep gets an id and an MLflow parent run, named
+after what it varies; every job's run is nested under it (its id reaches the jobs through the sweep
+folder, see sweeplab.job). A command that continues a sweep (a search's study, a grid that stopped
+part-way) gets that sweep's id and parent run back, RUNNING again. After the last job: the comparison
+is logged to the parent, which records the best configuration (by its mean over seeds, with seeds)
+and its best run, the verdict on seed noise, and how many jobs finished, were pruned and failed; that
+run's model is registered; the parent ends FINISHED, or FAILED naming the failed jobs, which also
+become the command's exit code (a pruned job is not a failure).
 """
 
 from __future__ import annotations
 
 import atexit
-import itertools
 import logging
+import os
+import socket
 import sys
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from sweeplab import device, errors, job, placement, report, tracking
+from sweeplab import device, errors, job, placement, report, study, tracking
 from sweeplab.checks import check_run, check_tracking
 from sweeplab.errors import ConfigError, RunFailed
 from sweeplab.rehearsal import rehearse_jobs, rehearse_sweep
 
 log = logging.getLogger(__name__)
 
+FINGERPRINT_TAG = "sweeplab.sweep.fingerprint"  # on the parent: what the sweep is (its experiment overrides)
+STUDY_TAG = "sweeplab.study"  # on the parent: the sweep's Optuna study
+STORAGE_TAG = "sweeplab.study.storage"  # on the parent: where the study lives (without a password)
+SWEEPER_TAG = "sweeplab.sweep.sweeper"  # on the parent: host:pid of the sweeper that runs (ran) it
+
 
 def new_sweep_id() -> str:
     return f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-
-
-def grid(parsed: list[Override]) -> list[list[str]]:
-    """Every job of a grid sweep as its list of overrides, in the order Hydra's basic sweeper runs them:
-    the product of the swept values (``a=1,2 b=x,y`` -> ``[a=1, b=x], [a=1, b=y], ...``), a key given
-    twice counting once (the last one). Only enumerable sweeps (lists, choice, range, glob)."""
-    values: dict[str, list[str]] = {}
-    for override in parsed:
-        key = override.get_key_element()
-        if override.is_sweep_override():
-            values[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
-        else:
-            values[key] = [f"{key}={override.get_value_element_as_str()}"]
-    return [list(job) for job in itertools.product(*values.values())]
 
 
 def validate_jobs(config: DictConfig, parsed) -> list[DictConfig]:
@@ -60,7 +55,7 @@ def validate_jobs(config: DictConfig, parsed) -> list[DictConfig]:
         return []
     loader = GlobalHydra.instance().config_loader()
     jobs = []
-    for overrides in grid(parsed):
+    for overrides in job.grid(parsed):
         try:
             jobs.append(loader.load_sweep_config(config, overrides))
             check_run(jobs[-1])
@@ -70,15 +65,17 @@ def validate_jobs(config: DictConfig, parsed) -> list[DictConfig]:
 
 
 def is_grid(config: DictConfig) -> bool:
-    """The sweeper is Hydra's own grid sweeper (not a search such as Optuna's)."""
-    return str(config.hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper")
+    """The sweep is a grid of the command's values run by the study sweeper (train.py's default), not a
+    search: no search space (``hydra.sweeper.params``) and no range to draw from on the command line."""
+    if not study.is_study_sweep(config) or config.hydra.sweeper.get("params"):
+        return False
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    return not any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed)
 
 
 def grid_overrides(config: DictConfig) -> list[str]:
-    """The overrides the grid sweeper expands: its own params (``hydra.sweeper.params``: ``seeds=N``'s
-    ``trainer.seed=range(1,N+1)``), then the command line's, which win for a key in both, as in Hydra."""
-    params = config.hydra.sweeper.get("params") if is_grid(config) else None
-    return [f"{key}={value}" for key, value in (params or {}).items()] + list(config.hydra.overrides.task)
+    """The overrides a grid expands: ``seeds=N``'s ``trainer.seed=range(1,N+1)``, then the command line's."""
+    return job.seed_overrides(config.get("seeds")) + list(config.hydra.overrides.task)
 
 
 def check_seeds(config: DictConfig) -> None:
@@ -87,13 +84,13 @@ def check_seeds(config: DictConfig) -> None:
     if seeds is None:
         return
     try:
-        job.seed_sweep(seeds)
+        job.seed_overrides(seeds)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if not is_grid(config):
         raise ConfigError(
-            f"seeds={seeds} repeats a grid sweep's configurations; a search (hydra.sweeper="
-            f"{config.hydra.sweeper._target_.rsplit('.', 1)[-1]}) chooses its own trials: leave seeds out"
+            f"seeds={seeds} repeats a grid sweep's configurations; a search (hydra.sweeper.params, or a range "
+            f"on the command line) chooses its own trials: leave seeds out"
         )
     parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     mine = [o.input_line for o in parsed if o.get_key_element() == "trainer.seed"]
@@ -122,6 +119,60 @@ def registered_name(config: DictConfig, best: tracking.Run) -> str:
     return f"{params.get('data.name', 'data')}-{model}"
 
 
+@dataclass
+class Continued:
+    """An earlier sweep that this command continues: its id and parent run (None: a study that
+    another store's sweep began, continued under a new parent here)."""
+
+    sweep_id: str | None = None
+    parent: str | None = None
+
+
+def sweeper_alive(run: tracking.Run) -> bool:
+    """Whether the sweeper that left ``run`` (a parent) RUNNING may still run: not when it was this
+    process (an earlier sweep of it) or a process of this host that is gone."""
+    host, _, pid = run.tags.get(SWEEPER_TAG, "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's: it may well run
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def continued_sweep(config: DictConfig, experiment_id: str, plan: study.Settings) -> tuple[str, Continued]:
+    """The study this command works on and the sweep it continues, if any. A named study (a search's,
+    or hydra.sweeper.study_name) continues whenever it exists, under its parent run. A grid's own study
+    continues when the newest sweep of the same command stopped part-way (KILLED, or RUNNING with its
+    sweeper gone); otherwise the grid is a new sweep with a new study. ConfigError for a storage that
+    cannot be used and a study made to optimise the other way."""
+    storage = study.open_storage(plan.storage_url, plan.heartbeat_s)
+    where = tracking.safe_uri(plan.storage_url)
+    if plan.study_name is not None:
+        if not study.stored(plan.study_name, storage, plan.direction):
+            return plan.study_name, Continued()
+        parents = tracking.sweep_parents(experiment_id, STUDY_TAG, plan.study_name)
+        parents = [p for p in parents if p.tags.get(STORAGE_TAG) == where]
+        if not parents:
+            return plan.study_name, Continued()
+        return plan.study_name, Continued(parents[0].tags[tracking.SWEEP_TAG], parents[0].run_id)
+    newest = next(iter(tracking.sweep_parents(experiment_id, FINGERPRINT_TAG, plan.fingerprint)), None)
+    stopped = newest is not None and (
+        newest.status == "KILLED" or (newest.status == "RUNNING" and not sweeper_alive(newest))
+    )
+    name = newest.tags.get(STUDY_TAG) if stopped else None
+    if name and newest.tags.get(STORAGE_TAG) == where and study.stored(name, storage, plan.direction):
+        sweep_id = newest.tags[tracking.SWEEP_TAG]
+        log.info(f"continuing sweep {sweep_id}, which stopped part-way (parent run {newest.run_id})")
+        return name, Continued(sweep_id, newest.run_id)
+    return None, Continued()
+
+
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         try:
@@ -130,23 +181,22 @@ class SweepCallback(Callback):
             errors.fail(err)
         tracking.protect(config)  # from here on, Hydra's own log lines of each job's overrides are masked too
         loader = GlobalHydra.instance().config_loader()  # for glob(...) sweeps, which list a group's options
-        try:  # before any job starts: every job, where they run at once, the launcher and sweeper, the store
+        plan, name, continued = None, None, Continued()
+        try:  # before any job: every job, the study, the launcher and sweeper, where jobs run at once, the store
             check_seeds(config)
             parsed = OverridesParser.create(config_loader=loader).parse_overrides(grid_overrides(config))
             jobs = validate_jobs(config, parsed)
-            rehearse_sweep(config)  # the launcher's own settings first: placement reads them
+            if study.is_study_sweep(config):
+                plan = study.settings(config, loader)
+            rehearse_sweep(config)  # the launcher's own settings before placement, which reads them
             placement.check_sweep(config, jobs)
             rehearse_jobs(jobs, {o.get_key_element() for o in parsed if o.is_sweep_override()})
             experiment_id = tracking.setup(config.tracking)
+            if plan is not None:
+                name, continued = continued_sweep(config, experiment_id, plan)
         except ConfigError as err:
             errors.fail(err)
-        sweep_id = new_sweep_id()
-        tags = tracking.tags_for(config.trainer.seed, list(config.hydra.overrides.task), sweep_id, tracking.git_state())
-        parent = tracking.create_run(experiment_id, sweep_name(parsed, config), {**tags, tracking.KIND_TAG: "sweep"})
-        swept = [o.get_key_element() for o in parsed if o.is_sweep_override()]
-        job.write_sweep(config.hydra.sweep.dir, id=sweep_id, parent_run_id=parent, swept=swept)
-        atexit.register(_abandoned, parent)
-        log.info(f"sweep {sweep_id}: MLflow parent run {parent}, jobs tagged {tracking.SWEEP_TAG}={sweep_id}")
+        begin(config, parsed, experiment_id, plan, name, continued)
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
         device.release_card()  # in the job's process: a reused worker's next job claims afresh
@@ -177,26 +227,65 @@ class SweepCallback(Callback):
                 )
             except Exception as err:
                 log.error(f"sweep {sweep_id}: could not write the report: {type(err).__name__}: {err}")
-        failed = [f"{r.name} ({r.status})" for r in runs if r.status != "FINISHED"]
+        runs = [r for r in runs if tracking.RETRIED_TAG not in r.tags]  # replaced by their retry's run
+        pruned = [r for r in runs if r.pruned_at]
+        running = [r for r in runs if r.status == "RUNNING"]  # another sweeper's job, on a shared study
+        failed = [f"{r.name} ({r.status})" for r in runs if r.status not in ("FINISHED", "RUNNING") and not r.pruned_at]
         failed += [f"job {name} (failed before its run started)" for name in failed_jobs]
-        finish(config, parent, runs, failed)
+        finish(config, parent, runs, failed, len(pruned))
         log.info(
-            f"sweep {sweep_id}: {len(runs) + len(failed_jobs) - len(failed)} of "
-            f"{len(runs) + len(failed_jobs)} jobs FINISHED"
+            f"sweep {sweep_id}: {sum(r.status == 'FINISHED' for r in runs)} of {len(runs) + len(failed_jobs)} jobs "
+            f"FINISHED, {len(pruned)} pruned" + (f", {len(running)} still running" if running else "")
         )
         if failed:
             errors.fail(RunFailed(f"sweep {sweep_id} did not finish: {', '.join(failed)} (see {sweep_dir})"))
 
 
-def finish(config: DictConfig, parent: str, runs: list[tracking.Run], failed: list[str]) -> None:
-    """The sweep's outcome on its parent run; the best run of the best configuration registered; the
-    parent ended. With seeds the best is a configuration, by its mean (sweeplab.tracking.configurations)."""
+def begin(
+    config: DictConfig, parsed, experiment_id: str, plan: study.Settings | None, name: str | None, continued: Continued
+) -> None:
+    """The sweep's MLflow parent run (new, or a continued sweep's, RUNNING again) and the facts its jobs read."""
+    sweep_id = continued.sweep_id or new_sweep_id()
+    extra = {SWEEPER_TAG: study.sweeper_id()}
+    swept = [o.get_key_element() for o in parsed if o.is_sweep_override()]
+    facts = {}
+    if plan is not None:
+        name = name or f"{config.tracking.experiment}-grid-{sweep_id}"
+        swept = plan.swept
+        facts = {"study": name}
+        extra.update({FINGERPRINT_TAG: plan.fingerprint, STUDY_TAG: name})
+        extra[STORAGE_TAG] = tracking.safe_uri(plan.storage_url)
+    if continued.parent:
+        parent = continued.parent
+        tracking.reopen_run(parent)
+        tracking.set_tags(extra, parent)
+        log.info(f"sweep {sweep_id} continues: MLflow parent run {parent} is RUNNING again")
+    else:
+        tags = tracking.tags_for(config.trainer.seed, list(config.hydra.overrides.task), sweep_id, tracking.git_state())
+        tags.update({**extra, tracking.KIND_TAG: "sweep"})
+        parent = tracking.create_run(experiment_id, sweep_name(parsed, config), tags)
+    job.write_sweep(config.hydra.sweep.dir, id=sweep_id, parent_run_id=parent, swept=swept, **facts)
+    atexit.register(_abandoned, parent)
+    log.info(f"sweep {sweep_id}: MLflow parent run {parent}, jobs tagged {tracking.SWEEP_TAG}={sweep_id}")
+
+
+def finish(config: DictConfig, parent: str, runs: list[tracking.Run], failed: list[str], pruned: int = 0) -> None:
+    """The sweep's outcome on its parent run; the best run of the best configuration registered (never a
+    pruned one); the parent ended. With seeds the best is a configuration, by its mean
+    (sweeplab.tracking.configurations)."""
     metric, direction = str(config.tracking.best_metric), str(config.tracking.best_direction)
     ranked = tracking.configurations(runs, metric, direction)
     best = ranked[0] if ranked else None
     jobs = len(runs) + sum(f.startswith("job ") for f in failed)
+    finished = sum(r.status == "FINISHED" for r in runs)
     tracking.log_metrics(
-        {"sweep.jobs": jobs, "sweep.jobs_finished": jobs - len(failed), "sweep.jobs_failed": len(failed)}, run_id=parent
+        {
+            "sweep.jobs": jobs,
+            "sweep.jobs_finished": finished,
+            "sweep.jobs_pruned": pruned,
+            "sweep.jobs_failed": len(failed),
+        },
+        run_id=parent,
     )
     said = report.verdict(ranked)
     tags = {"sweeplab.sweep.best_metric": metric, "sweeplab.sweep.verdict": said.text}

@@ -1,5 +1,7 @@
 """One training job: the config's pieces (build.build_run) -> the engine -> MLflow (the tracking
-package: the run opened, its start recorded, each epoch logged, its model kept) -> the objective."""
+package: the run opened, its start recorded, each epoch logged, its model kept) -> the objective.
+In a sweep the job is a trial of the sweep's study (sweeplab.study): it reports each epoch, may be
+stopped early by the sweep's pruner, and tells the study how it ended."""
 
 from __future__ import annotations
 
@@ -12,12 +14,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from sweeplab import build, checkpoint, job, plots, tracking
+from sweeplab import build, checkpoint, job, plots, study, tracking
 from sweeplab.checks import check_run
 from sweeplab.data import Dataset
 from sweeplab.device import device_label
 from sweeplab.engine import Trainer
-from sweeplab.errors import ConfigError
+from sweeplab.errors import ConfigError, RunStopped
 from sweeplab_model import Classifier
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,8 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> float:
     """The task behind train.py: a new run, ``reproduce=<run id>`` (a new run from that run's saved
-    config) or ``resume=<run id>`` (continue that run from its last checkpoint). Returns ``cfg.objective``."""
+    config) or ``resume=<run id>`` (continue that run from its last checkpoint); in a sweep, the job's
+    trial (a retried trial resumes the run its interrupted job began). Returns ``cfg.objective``."""
     if cfg.get("resume"):
         return fit(config_of(cfg.resume, cfg), resume=str(cfg.resume))
     if cfg.get("reproduce"):
@@ -38,18 +41,32 @@ def train(cfg: DictConfig) -> float:
     requeued = unfinished_run_of_this_job(cfg)
     if requeued:
         log.info(f"this job ran before (a requeued cluster job): resuming its run {requeued}")
+    trial = study.job_trial(cfg)
+    if trial is None:
         return fit(cfg, resume=requeued)
-    return fit(cfg)
+    with trial.running():
+        earlier = None if requeued else trial.resume_run
+        resume = requeued or (earlier if resumable(cfg, earlier) else None)
+        if earlier and resume:
+            log.info(f"trial {trial.number} is a retry: resuming the run {earlier} that its interrupted job began")
+        value = fit(cfg, resume=resume, trial=trial, replaces=None if resume else earlier)
+        trial.tell(value)
+    return value
+
+
+def resumable(cfg: DictConfig, run_id: str | None) -> bool:
+    """A run that can go on from its checkpoint: it has one, and it did not finish."""
+    if run_id is None or not (Path(cfg.paths.checkpoint_dir) / run_id / "last.pt").is_file():
+        return False
+    tracking.setup(cfg.tracking)
+    return tracking.get_run(run_id).status != "FINISHED"
 
 
 def unfinished_run_of_this_job(cfg: DictConfig) -> str | None:
     """The run this very job folder started and did not finish, with a checkpoint to resume from: a
     job that submitit requeued after a preemption or time limit reruns in its own folder."""
     run_id = job.noted_run()
-    if run_id is None or not (Path(cfg.paths.checkpoint_dir) / run_id / "last.pt").is_file():
-        return None
-    tracking.setup(cfg.tracking)
-    return run_id if tracking.get_run(run_id).status != "FINISHED" else None
+    return run_id if resumable(cfg, run_id) else None
 
 
 def config_of(run_id: str, current: DictConfig) -> DictConfig:
@@ -74,12 +91,15 @@ def config_of(run_id: str, current: DictConfig) -> DictConfig:
 _MISSING = object()
 
 
-def fit(cfg: DictConfig, resume: str | None = None) -> float:
+def fit(cfg: DictConfig, resume: str | None = None, trial=None, replaces: str | None = None) -> float:
     """Run one job; return ``cfg.objective`` (best test accuracy by default).
 
     Everything that can be wrong with the input is checked, and every piece built (one call:
     build.build_run), before the MLflow run is created; its start is recorded in one call
     (tracking.record_start). ``resume`` reopens that MLflow run and continues from its last checkpoint.
+    ``trial`` (a sweep's, sweeplab.study.JobTrial) hears every epoch and may stop the run: it ends
+    KILLED, tagged sweeplab.pruned_at_epoch, its checkpoint kept. ``replaces``: an interrupted run
+    that this one replaces (it kept no checkpoint to resume), tagged with this run's id.
     """
     check_run(cfg)
     tracking.protect(cfg)
@@ -107,18 +127,30 @@ def fit(cfg: DictConfig, resume: str | None = None) -> float:
         if state is not None:
             trainer.load_state_dict(state)
             tracking.set_tags({"sweeplab.resumed_from_epoch": state["epoch"]})
+            tracking.delete_tags([tracking.PRUNED_TAG, tracking.STOPPED_TAG])  # it trains on now
             log.info(f"resuming run {run_id} after epoch {trainer.epoch}")
         else:
             tracking.record_start(run_start(cfg, overrides, pieces.data, git, ckpt_dir))
+        if trial is not None:
+            trial.started(run_id)
+            tracking.set_tags({tracking.TRIAL_TAG: trial.number})
+        if replaces:
+            tracking.set_tags({tracking.RETRIED_TAG: run_id}, replaces)
         log.info(f"MLflow run {run_id} ({tracking.tracking_uri()}), checkpoints in {ckpt_dir}")
         try:
-            trainer.fit(cfg.trainer.epochs, checkpoint_dir=ckpt_dir, callbacks=[logger])
+            trainer.fit(cfg.trainer.epochs, checkpoint_dir=ckpt_dir, callbacks=[logger] + ([trial] if trial else []))
         except KeyboardInterrupt as err:
             err.hint = f"run {run_id} is KILLED, its last checkpoint kept; continue: python train.py resume={run_id}"
             raise
         finally:
             logger.flush()
             _log_end(trainer, pieces.data, ckpt_dir, run_id)
+        if trial is not None and trial.pruned_at is not None:
+            tracking.set_tags({tracking.PRUNED_TAG: trial.pruned_at})
+            log.info(f"run {run_id} is KILLED, its checkpoint kept (python train.py resume={run_id} trains it on)")
+            raise RunStopped(f"pruned after epoch {trial.pruned_at}")  # the run ends KILLED; the job goes on
+        if trainer.stopped_at is not None:
+            tracking.set_tags({tracking.STOPPED_TAG: trainer.stopped_at})
     summary = trainer.summary()
     objective = summary.get(cfg.objective, trainer.history[-1].get(cfg.objective) if trainer.history else None)
     log.info(f"{cfg.objective} = {objective}")

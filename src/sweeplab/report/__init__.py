@@ -78,10 +78,11 @@ class Report:
 
     @property
     def failed(self) -> list[dict]:
-        return [r for r in self.rows if r["status"] != "FINISHED"]
+        return [r for r in self.rows if r["status"] not in ("FINISHED", PRUNED)]
 
 
 HISTORY_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "images_per_sec")
+PRUNED = "PRUNED"  # the table's status of a run a sweep's pruner stopped (its MLflow status is KILLED)
 
 
 def job_runs(experiment_id: str, sweep_id: str) -> list[Run]:
@@ -94,6 +95,8 @@ def _label(run: Run, taken: set) -> str:
     if label in taken:
         label = f"{label} [{run.run_id[:8]}]"
     taken.add(label)
+    if run.pruned_at:
+        return f"{label} (pruned at epoch {run.pruned_at})"
     return label + ("" if run.status == "FINISHED" else f" ({run.status})")
 
 
@@ -111,7 +114,7 @@ def table_row(run: Run, history: list[dict]) -> dict:
         "overrides": run.tags.get("sweeplab.overrides", ""),
         "configuration": tracking.configuration_of(run),
         "seed": run.tags.get(tracking.SEED_TAG, run.params.get("trainer.seed", "")),
-        "status": run.status,
+        "status": PRUNED if run.pruned_at else run.status,
         "best_test_acc": metrics.get("best_test_acc"),
         "best_epoch": int(best_epoch) if best_epoch is not None else None,
         "epochs_to_target": int(epochs_to_target) if epochs_to_target is not None else None,
@@ -122,7 +125,7 @@ def table_row(run: Run, history: list[dict]) -> dict:
         "wall_time_s": run.wall_time_s,
         "images_per_sec": sum(speeds) / len(speeds) if speeds else None,
         "run_id": run.run_id,
-        "failure": run.tags.get(tracking.FAILURE_TAG, ""),
+        "failure": f"pruned after epoch {run.pruned_at}" if run.pruned_at else run.tags.get(tracking.FAILURE_TAG, ""),
     }
 
 
@@ -336,10 +339,11 @@ def mean_curves(histories: list[list[dict]]) -> list[dict]:
     return out
 
 
-def comparison_figure(histories: dict[str, list[dict]], sweep_id: str):
+def comparison_figure(histories: dict[str, list[dict]], sweep_id: str, stopped=()):
     """The 2x2 figure (test acc, test loss, train acc, train loss), one line per run, or per
-    configuration (its mean, with a band of ± one standard deviation)."""
-    fig = plots.curves_figure(histories, title=f"sweep {sweep_id}")
+    configuration (its mean, with a band of ± one standard deviation); pruned runs (labels in
+    ``stopped``) dashed, ending in a cross."""
+    fig = plots.curves_figure(histories, title=f"sweep {sweep_id}", stopped=stopped)
     for ax in fig.axes:
         ax.xaxis.get_major_locator().set_params(integer=True)  # epochs
     return fig
@@ -366,10 +370,13 @@ def build_report(
     if not runs:
         raise ConfigError(f"no runs of sweep {sweep_id} in experiment {experiment_id} of {tracking.tracking_uri()}")
     taken: set = set()
-    rows, histories, curves = [], {}, {}
+    rows, histories, curves, stopped = [], {}, {}, set()
     for run in runs:
         history = tracking.metric_history(run.run_id, HISTORY_KEYS)
-        histories[_label(run, taken)] = history
+        label = _label(run, taken)
+        histories[label] = history
+        if run.pruned_at:
+            stopped.add(label)
         rows.append(table_row(run, history))
         curves.setdefault(rows[-1]["configuration"], []).append(history)
     ranked = tracking.configurations(runs, metric, direction)
@@ -387,7 +394,7 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     report = Report(sweep_id, rows, histories, out, verdict=verdict(ranked))
     report.files = {"figure": out / FIGURE, "markdown": out / TABLE_MD, "csv": out / TABLE_CSV}
-    report.figure = comparison_figure(figure_curves, sweep_id)
+    report.figure = comparison_figure(figure_curves, sweep_id, () if seeded else stopped)
     plots.save(report.figure, report.files["figure"])
     markdown = to_markdown(rows, sweep_id, experiment_id, ranked, metric)
     report.files["markdown"].write_text(markdown)

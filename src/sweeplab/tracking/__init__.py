@@ -11,9 +11,10 @@ and the plain records the rest of the project hands over (``Run``, ``RunStart``,
 
 from sweeplab.tracking.artifacts import artifact_names, download, saved_config
 from sweeplab.tracking.configurations import Configuration, choose_best, configuration_of, configurations
-from sweeplab.tracking.lifecycle import create_run, end_run, open_run
+from sweeplab.tracking.lifecycle import create_run, end_run, open_run, reopen_run
 from sweeplab.tracking.logger import (
     MlflowLogger,
+    delete_tags,
     log_figure,
     log_files,
     log_folder,
@@ -42,8 +43,12 @@ from sweeplab.tracking.records import (
     MODEL_NAME,
     NOTE_TAG,
     PARENT_TAG,
+    PRUNED_TAG,
+    RETRIED_TAG,
     SEED_TAG,
+    STOPPED_TAG,
     SWEEP_TAG,
+    TRIAL_TAG,
     DataInput,
     Run,
     RunStart,
@@ -57,6 +62,7 @@ from sweeplab.tracking.search import (
     metric_history,
     metric_steps,
     sweep_parent,
+    sweep_parents,
     sweep_runs,
 )
 from sweeplab.tracking.secrets import masked_config, protect
@@ -79,8 +85,12 @@ __all__ = [
     "MODEL_NAME",
     "NOTE_TAG",
     "PARENT_TAG",
+    "PRUNED_TAG",
+    "RETRIED_TAG",
     "SEED_TAG",
+    "STOPPED_TAG",
     "SWEEP_TAG",
+    "TRIAL_TAG",
     "DataInput",
     "Configuration",
     "MlflowLogger",
@@ -94,6 +104,7 @@ __all__ = [
     "configuration_of",
     "configurations",
     "create_run",
+    "delete_tags",
     "download",
     "end_run",
     "environment",
@@ -126,12 +137,14 @@ __all__ = [
     "protect",
     "record_start",
     "register_best",
+    "reopen_run",
     "safe_uri",
     "saved_config",
     "set_tags",
     "setup",
     "store_uri",
     "sweep_parent",
+    "sweep_parents",
     "sweep_runs",
     "tags_for",
     "tracking_uri",

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from sweeplab.errors import RunStopped
 from sweeplab.tracking.records import FAILURE_TAG
 from sweeplab.tracking.secrets import clean
 
@@ -24,8 +25,10 @@ def open_run(
 ) -> Iterator[str]:
     """Start (or, with ``run_id``, reopen) the active run and yield its id; end it FINISHED, FAILED
     (the reason in the tag sweeplab.failure) or KILLED. An interrupt may carry a ``hint`` (how to
-    continue), which goes into the failure tag. ``parent_run_id`` nests a new run under a sweep's
-    parent run; ``system_metrics`` records CPU, memory (and GPU) use with MLflow's own monitor."""
+    continue), which goes into the failure tag; a run stopped on purpose (``RunStopped``: pruned)
+    ends KILLED without a failure, and the code after the ``with`` goes on. ``parent_run_id`` nests a
+    new run under a sweep's parent run; ``system_metrics`` records CPU, memory (and GPU) use with
+    MLflow's own monitor."""
     active = mlflow.start_run(
         run_id=run_id,
         experiment_id=None if run_id else experiment_id,
@@ -41,6 +44,8 @@ def open_run(
         how = f"interrupted ({err})" if str(err) else "interrupted (SIGINT)"
         status, reason = "KILLED", how + (f"; {err.hint}" if getattr(err, "hint", None) else "")
         raise
+    except RunStopped:  # on purpose (a sweep's pruner): KILLED, with no failure, and the caller goes on
+        status = "KILLED"
     except SystemExit as err:  # e.g. submitit stopping a job it has requeued: the requeued job resumes the run
         status, reason = "KILLED", f"the process was told to exit (code {err.code})"
         raise
@@ -61,6 +66,11 @@ def create_run(experiment_id: str, name: str, tags: dict | None = None) -> str:
 
 def end_run(run_id: str, status: str = "FINISHED") -> None:
     MlflowClient().set_terminated(run_id, status)
+
+
+def reopen_run(run_id: str) -> None:
+    """A run that is not the active one (a continued sweep's parent) is RUNNING again until ``end_run``."""
+    MlflowClient().update_run(run_id, status="RUNNING")
 
 
 def current_run_id(run_id: str | None) -> str:

@@ -44,6 +44,13 @@ def set_tags(tags: dict, run_id: str | None = None) -> None:
     MlflowClient().log_batch(current_run_id(run_id), tags=[RunTag(k, clean(v)) for k, v in tags.items()])
 
 
+def delete_tags(keys, run_id: str | None = None) -> None:
+    """Remove tags that no longer hold (those the run does not have are skipped)."""
+    client, run_id = MlflowClient(), current_run_id(run_id)
+    for key in set(keys) & set(client.get_run(run_id).data.tags):
+        client.delete_tag(run_id, key)
+
+
 def log_text(text: str, artifact_file: str, run_id: str | None = None) -> None:
     MlflowClient().log_text(current_run_id(run_id), clean(text), artifact_file)
 

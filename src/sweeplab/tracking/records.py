@@ -13,6 +13,10 @@ NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's nested runs: the UI folds a sweep's jobs under it
 MODEL_NAME = "model"  # the name each training run logs its best weights under
 BEST_ALIAS = "best"  # the registry alias of the best version so far
+PRUNED_TAG = "sweeplab.pruned_at_epoch"  # a sweep's pruner stopped the run after this epoch (it ends KILLED)
+STOPPED_TAG = "sweeplab.stopped_at_epoch"  # early stopping ended the run after this epoch (it ends FINISHED)
+TRIAL_TAG = "sweeplab.trial"  # the number of the run's trial in its sweep's Optuna study
+RETRIED_TAG = "sweeplab.retried_as"  # an interrupted run its retry could not resume: the run that replaced it
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,12 @@ class Run:
     @property
     def wall_time_s(self) -> float | None:
         return (self.end_time - self.start_time) / 1000 if self.end_time and self.start_time else None
+
+    @property
+    def pruned_at(self) -> int | None:
+        """The epoch after which a sweep's pruner stopped this run (None: it was not pruned)."""
+        epoch = self.tags.get(PRUNED_TAG)
+        return int(epoch) if epoch and self.status == "KILLED" else None
 
 
 @dataclass

@@ -45,6 +45,12 @@ def sweep_parent(experiment_id: str, sweep_id: str) -> Run | None:
     return runs[0] if runs else None
 
 
+def sweep_parents(experiment_id: str, tag: str, value: str) -> list[Run]:
+    """The parent runs of the sweeps whose tag ``tag`` is ``value``, newest first."""
+    query = f"tags.`{KIND_TAG}` = 'sweep' and tags.`{tag}` = '{value}'"
+    return _search(experiment_id, query, ["attributes.start_time DESC"])
+
+
 def latest_sweep(experiment_id: str) -> str | None:
     """The sweep id of the most recently started run that belongs to a sweep (None if none does)."""
     runs = _search(experiment_id, f"tags.`{SWEEP_TAG}` LIKE '%'", ["attributes.start_time DESC"], 1)
