@@ -189,7 +189,10 @@ def test_help_shows_the_shorthand():
         (["seeds=3"], "seeds=3 runs each configuration of a sweep with 3 seeds: add -m"),
         (["-m", "seeds=2", "trainer.seed=1,2"], "seeds=2 and trainer.seed=1,2 both choose the seeds"),
         (["-m", "seeds=0"], "seeds=0 must be an integer >= 1"),
-        (["-m", "hparams_search=optuna_lr", "seeds=2"], "a search (hydra.sweeper.params, or a range on the command line)"),
+        (
+            ["-m", "hparams_search=optuna_lr", "seeds=2"],
+            "a search (hydra.sweeper.params, or a range on the command line)",
+        ),
     ],
 )
 def test_a_wrong_seeds_is_one_line_and_creates_no_run(workdir, overrides, message):
