@@ -481,3 +481,15 @@ def test_the_sweep_file_names_the_study(tmp_path):
     job.write_sweep(tmp_path, id="s1", parent_run_id="p1", swept=["optimizer.lr"], study="cifar10-grid-s1")
     assert json.loads((tmp_path / job.SWEEP_FILE).read_text())["study"] == "cifar10-grid-s1"
     assert job.sweep(tmp_path)["study"] == "cifar10-grid-s1"
+
+
+def test_a_sweep_can_be_a_new_stores_first_use(tmp_path, tiny_npz):
+    """tracking.store_dir names a folder that does not exist yet: the sweep makes it, its study
+    file beside the MLflow store, and runs (the study storage is opened before MLflow's first write)."""
+    store = tmp_path / "new" / "mlruns"
+    overrides = [*where(tmp_path, tiny_npz, store=False)[1:], f"tracking.store_dir={store}"]
+    result = run_app("train.py", "-m", "optimizer.lr=0.05,0.02", *SHORT, *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (store / "optuna.db").is_file() and (store / "mlflow.db").is_file()
+    _, parents, runs = runs_of(store)
+    assert len(parents) == 1 and [r.info.status for r in runs] == ["FINISHED", "FINISHED"]

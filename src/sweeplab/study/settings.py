@@ -140,10 +140,16 @@ def _distribution(key: str, override) -> BaseDistribution:
 
 
 def storage_url(storage: str | None, tracking: DictConfig) -> str:
-    """``hydra.sweeper.storage``, else an SQLite file beside the MLflow store (``tracking.store_dir``)."""
+    """``hydra.sweeper.storage``, else an SQLite file beside the MLflow store (``tracking.store_dir``,
+    made here when new, as the MLflow store makes it: a sweep may be a new store's first use)."""
     if storage:
         return str(storage)
-    return f"sqlite:///{Path(tracking.store_dir).expanduser().resolve() / DEFAULT_FILE}"
+    folder = Path(tracking.store_dir).expanduser().resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"tracking.store_dir={folder} cannot be created ({err.strerror or err})") from None
+    return f"sqlite:///{folder / DEFAULT_FILE}"
 
 
 def slots(n_jobs: int | None, launcher: DictConfig) -> int:
