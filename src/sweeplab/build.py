@@ -17,7 +17,7 @@ from sweeplab import job
 from sweeplab.data import Augment, Dataset, DeviceLoader, Split, from_config
 from sweeplab.device import job_device
 from sweeplab.engine import EarlyStopping, Trainer, seed_everything
-from sweeplab.errors import ConfigError
+from sweeplab.errors import ConfigError, first_line
 
 
 @dataclass
@@ -48,9 +48,7 @@ def building(piece: str):
     except ConfigError:
         raise
     except Exception as err:
-        cause = err.__cause__ or err  # Hydra wraps the constructor's own error
-        text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise ConfigError(f"{piece}: {text}") from None
+        raise ConfigError(f"{piece}: {first_line(err.__cause__ or err)}") from None  # Hydra wraps the constructor's own
 
 
 def device_of(cfg: DictConfig) -> torch.device:
@@ -161,9 +159,8 @@ def _rehearse(make, optimizer, length: int, interval: str) -> None:
             for _ in range(length):
                 schedule.step(0.0) if plateau else schedule.step()
     except Exception as err:
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
-            f"scheduler: cannot run over this run's {length} {interval}s ({text}); "
+            f"scheduler: cannot run over this run's {length} {interval}s ({first_line(err)}); "
             f"train for more steps (trainer.epochs, a smaller trainer.batch_size) or change the schedule"
         ) from None
 
@@ -275,9 +272,8 @@ def rehearse_step(trainer: Trainer, n: int = 2) -> None:
             loss = F.cross_entropy(model(x), y, label_smoothing=trainer.label_smoothing)
             loss.backward()
     except Exception as err:
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         images = f" {'x'.join(map(str, x.shape[1:]))}" if x is not None else ""
-        raise ConfigError(f"the model cannot train on this run's{images} images: {text}") from None
+        raise ConfigError(f"the model cannot train on this run's{images} images: {first_line(err)}") from None
     finally:
         model.zero_grad(set_to_none=True)
         with torch.no_grad():

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from sweeplab.atomic import atomic_write
-from sweeplab.errors import ConfigError
+from sweeplab.errors import ConfigError, first_line
 
 
 class CheckpointError(ConfigError):
@@ -30,8 +30,7 @@ def load(path: str | Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({first})") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({first_line(err)})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {path} holds no model state (not written by sweeplab?)")
     return state

@@ -60,6 +60,12 @@ def exit_code(err: BaseException) -> int:
     return 1
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of what ``err`` says, else the name of its type: a library's error in one line."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def message(err: BaseException) -> str:
     """The one line a user sees."""
     if isinstance(err, KeyboardInterrupt):
@@ -67,7 +73,7 @@ def message(err: BaseException) -> str:
         return f"interrupted ({signal.Signals(getattr(err, 'signum', signal.SIGINT)).name})" + (
             f": {hint}" if hint else ""
         )
-    return f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    return f"error: {first_line(err)}"
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sweeplab import build, job
-from sweeplab.errors import ConfigError
+from sweeplab.errors import ConfigError, first_line
 
 
 def rehearse_jobs(jobs: list[DictConfig], swept: set[str] = frozenset()) -> None:
@@ -147,11 +147,11 @@ def _reason(err: BaseException) -> str:
     """The one line a library gave; for an error that names nothing (a bare assert, a division by
     zero), the line of its code that raised it."""
     err = err.__cause__ or err  # Hydra's instantiate wraps the constructor's own error
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    if not text or isinstance(err, (AssertionError, ZeroDivisionError)):
+    text = first_line(err)
+    if not str(err).strip() or isinstance(err, (AssertionError, ZeroDivisionError)):
         frames = traceback.extract_tb(err.__traceback__)
         line = frames[-1].line if frames else ""
-        text = f"{text or type(err).__name__} (at `{line}`)" if line else text or type(err).__name__
+        text = f"{text} (at `{line}`)" if line else text
     return text
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from sweeplab.data.dataset import DataError, Dataset, Split, limit
+from sweeplab.errors import first_line
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # CIFAR-100's fine labels, in label order (torchvision's CIFAR100.classes).
@@ -88,9 +89,8 @@ def _read_torchvision(root: Path, download: bool, name: str = "cifar10"):
             for t in (True, False)
         ]
     except (RuntimeError, OSError) as err:  # offline, or not downloaded with download=false
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(
-            f"{kind.title} is not in {root} and could not be downloaded ({reason}); "
+            f"{kind.title} is not in {root} and could not be downloaded ({first_line(err)}); "
             f"connect to the internet, or point data.npz=/path/{name}.npz "
             f"(or ${kind.env}) at a local copy"
         ) from None

@@ -9,7 +9,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import get_model_info
 from mlflow.tracking import MlflowClient
 
-from sweeplab.errors import ConfigError
+from sweeplab.errors import ConfigError, first_line
 from sweeplab.paths import repo_root
 from sweeplab.tracking.records import BEST_ALIAS, CONFIGURATION_TAG, MODEL_NAME, SEED_TAG, Run
 from sweeplab.tracking.search import get_run
@@ -141,7 +141,7 @@ def model_run(uri: str) -> Run:
         with quiet():
             run_id = get_model_info(uri).run_id
     except Exception as err:  # MlflowException, or an OSError for a runs:/ path that holds no model
-        raise ConfigError(f"model {uri}: {str(err).strip().splitlines()[0] if str(err).strip() else err}") from None
+        raise ConfigError(f"model {uri}: {first_line(err)}") from None
     if not run_id:
         raise ConfigError(f"model {uri} was not logged by a run")
     return get_run(run_id)
@@ -155,8 +155,7 @@ def load_model(uri: str, device: str = "cpu"):
         with quiet():
             return mlflow.pytorch.load_model(uri, map_location=device)
     except Exception as err:  # a missing, truncated or foreign model file
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"cannot load the model {uri}: {text}") from None
+        raise ConfigError(f"cannot load the model {uri}: {first_line(err)}") from None
 
 
 def register_best(model_name: str, run: Run, metric: str, direction: str = "max") -> tuple[int, bool]:
