@@ -8,7 +8,6 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -17,9 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from sweeplab import job
+from sweeplab.build import building
 from sweeplab.checks import integer
 from sweeplab.engine import higher_is_better
 from sweeplab.errors import ConfigError
+from sweeplab.paths import store_folder
 
 log = logging.getLogger(__name__)
 
@@ -140,16 +141,10 @@ def _distribution(key: str, override) -> BaseDistribution:
 
 
 def storage_url(storage: str | None, tracking: DictConfig) -> str:
-    """``hydra.sweeper.storage``, else an SQLite file beside the MLflow store (``tracking.store_dir``,
-    made here when new, as the MLflow store makes it: a sweep may be a new store's first use)."""
+    """``hydra.sweeper.storage``, else an SQLite file beside the MLflow store (``tracking.store_dir``)."""
     if storage:
         return str(storage)
-    folder = Path(tracking.store_dir).expanduser().resolve()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"tracking.store_dir={folder} cannot be created ({err.strerror or err})") from None
-    return f"sqlite:///{folder / DEFAULT_FILE}"
+    return f"sqlite:///{store_folder(tracking) / DEFAULT_FILE}"
 
 
 def slots(n_jobs: int | None, launcher: DictConfig) -> int:
@@ -167,28 +162,21 @@ def slots(n_jobs: int | None, launcher: DictConfig) -> int:
 
 
 def _sampler(node: DictConfig | None) -> optuna.samplers.BaseSampler:
-    if not node:
-        return optuna.samplers.TPESampler()
-    made = _build("hydra.sweeper.sampler", node)
-    if not isinstance(made, optuna.samplers.BaseSampler):
-        raise ConfigError(f"hydra.sweeper.sampler: {node.get('_target_')} is not an Optuna sampler")
-    return made
+    return _optuna("hydra.sweeper.sampler", node, optuna.samplers.BaseSampler, optuna.samplers.TPESampler)
 
 
 def pruner(node: DictConfig | None) -> optuna.pruners.BasePruner:
     """The ``prune`` group's pruner (``prune=none``: one that never prunes)."""
+    return _optuna("prune", node, optuna.pruners.BasePruner, optuna.pruners.NopPruner)
+
+
+def _optuna(key: str, node: DictConfig | None, kind: type, default: type):
+    """The Optuna object ``node`` describes (``default()`` when it is empty), which must be a ``kind``."""
     if not node:
-        return optuna.pruners.NopPruner()
-    made = _build("prune", node)
-    if not isinstance(made, optuna.pruners.BasePruner):
-        raise ConfigError(f"prune: {node.get('_target_')} is not an Optuna pruner")
+        return default()
+    with building(key):
+        made = instantiate(OmegaConf.to_container(node, resolve=True))
+    if not isinstance(made, kind):
+        what = kind.__name__.removeprefix("Base").lower()  # BaseSampler: an Optuna sampler
+        raise ConfigError(f"{key}: {node.get('_target_')} is not an Optuna {what}")
     return made
-
-
-def _build(key: str, node: DictConfig):
-    try:
-        return instantiate(OmegaConf.to_container(node, resolve=True))
-    except Exception as err:
-        cause = err.__cause__ or err  # Hydra wraps the constructor's own error
-        text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise ConfigError(f"{key}: {text}") from None

@@ -15,8 +15,9 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-from sweeplab.errors import ConfigError
+from sweeplab.errors import ConfigError, first_line
 from sweeplab.study.settings import GRID, Settings
+from sweeplab.tracking import safe_uri
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +44,9 @@ def open_storage(url: str, heartbeat_s: int) -> RDBStorage:
     except Exception as err:  # SQLAlchemy's and Optuna's errors: a database that is not there, not one, not Optuna's
         from sweeplab.redact import redact
 
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"hydra.sweeper.storage={_safe(url)} cannot be used: {redact(text, [])}") from None
-
-
-def _safe(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
+        raise ConfigError(
+            f"hydra.sweeper.storage={safe_uri(url)} cannot be used: {redact(first_line(err), [])}"
+        ) from None
 
 
 @contextmanager
@@ -74,7 +67,7 @@ def stored(name: str, storage: RDBStorage, direction: str) -> bool:
     kept = optuna.load_study(study_name=name, storage=storage).direction.name.lower()
     if kept != direction:
         raise ConfigError(
-            f"study {name!r} in {_safe(storage.url)} was made to {kept}, and this command asks to {direction} "
+            f"study {name!r} in {safe_uri(storage.url)} was made to {kept}, and this command asks to {direction} "
             f"(hydra.sweeper.direction): keep its direction, or start another study (hydra.sweeper.study_name=...)"
         )
     return True

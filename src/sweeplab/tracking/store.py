@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from sqlalchemy.engine import make_url
 
 from sweeplab.errors import ConfigError
+from sweeplab.paths import store_folder
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in the console log
 
@@ -25,12 +26,7 @@ def store_uri(tracking: DictConfig) -> str:
     """``tracking.uri`` (or $MLFLOW_TRACKING_URI), else a SQLite database in ``tracking.store_dir``."""
     if tracking.get("uri"):
         return str(tracking.uri)
-    store = Path(tracking.store_dir).expanduser().resolve()
-    try:
-        store.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"tracking.store_dir={store} cannot be created ({err.strerror or err})") from None
-    return f"sqlite:///{store / 'mlflow.db'}"
+    return f"sqlite:///{store_folder(tracking) / 'mlflow.db'}"
 
 
 def safe_uri(uri: str) -> str:
