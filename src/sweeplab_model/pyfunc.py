@@ -17,6 +17,9 @@ CHUNK = 1000  # images per forward pass: a large request does not need memory fo
 def _load_pyfunc(data_path: str, model_config: dict | None = None) -> Predictor:
     """MLflow's loader entry point. ``data_path`` is the model's ``data`` folder; the device is
     ``model_config={"device": ...}`` at load time, else CUDA when present, else the CPU."""
+    # MLflow's own loader, not torch.load of its file: it keeps MLflow's guard on unpickling
+    # (MLFLOW_ALLOW_PICKLE_DESERIALIZATION). This package runs inside MLflow's pyfunc, outside
+    # sweeplab; within sweeplab only its tracking package imports MLflow.
     import mlflow.pytorch
 
     device = (model_config or {}).get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
